@@ -1,0 +1,128 @@
+"""torchvision-style ImageFolder: one sub-folder per class, any PIL-readable images.
+
+Layouts: ``root/<class>/*.png`` (optionally split by a fixed seed), or ``root/train/<class>/...``
+plus ``root/test/<class>/...`` (or ``val``). Class order is the sorted folder names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ddcore.data.codec import decode_png
+from ddcore.data.sources.base import Sample, require_dir, stratified_split
+from ddcore.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageFolderSource:
+    """Images from class folders.
+
+    Args:
+        root: dataset folder.
+        test_fraction: when there is no ``train``/``test`` layout, hold out this fraction per class.
+        split_seed: seed of that hold-out (recorded in the artifact).
+        channels: 1 or 3; ``None`` infers from the first image (greyscale -> 1, else 3).
+        resize: ``(H, W)`` to resize every image to; ``None`` requires one common size.
+        name: dataset name.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        channels: int | None = None,
+        resize: tuple[int, int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.root = require_dir(root, "image folder")
+        self.name = name or self.root.name
+        self.test_fraction, self.split_seed, self.resize = test_fraction, split_seed, resize
+        split_dirs = {s: self.root / s for s in ("train", "test", "val") if (self.root / s).is_dir()}
+        if "train" in split_dirs:
+            self.layout = "split-folders"
+            self.classes = _class_names(split_dirs["train"])
+            self._files = {s: self._list(d, s) for s, d in split_dirs.items()}
+        else:
+            self.layout = "class-folders"
+            self.classes = _class_names(self.root)
+            files = self._list(self.root, "train")
+            self._files = {"train": files}
+            if test_fraction > 0:
+                labels = np.asarray([lbl for _, lbl in files])
+                mask = stratified_split(labels, fraction=test_fraction, seed=split_seed)
+                self._files = {
+                    "train": [f for f, m in zip(files, mask, strict=True) if not m],
+                    "test": [f for f, m in zip(files, mask, strict=True) if m],
+                }
+        first = self._files["train"][0][0]
+        img = decode_png(first.read_bytes(), channels=channels)
+        h, w = resize if resize else img.shape[:2]
+        self.image_shape = (channels or img.shape[2], int(h), int(w))
+
+    def _list(self, folder: Path, split: str) -> list[tuple[Path, int]]:
+        found = _class_names(folder)
+        unknown = sorted(set(found) - set(self.classes))
+        if unknown:
+            raise DataError(f"{split} split has class folder {unknown[0]!r} that train lacks; fix the layout")
+        out: list[tuple[Path, int]] = []
+        for label, cls in enumerate(self.classes):
+            cdir = folder / cls
+            if not cdir.is_dir():
+                continue
+            files = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files and split == "train":
+                raise DataError(f"class folder {cdir} has no images; add images or remove the folder")
+            out.extend((p, label) for p in files)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "image_folder",
+            "uri": str(self.root),
+            "layout": self.layout,
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+            "resize": list(self.resize) if self.resize else None,
+        }
+
+    def expected_total(self) -> int | None:
+        return sum(len(v) for v in self._files.values())
+
+    def samples(self) -> Iterator[Sample]:
+        c, h, w = self.image_shape
+        for split, files in self._files.items():
+            counters = [0] * len(self.classes)
+            for path, label in files:
+                try:
+                    img = decode_png(path.read_bytes(), channels=c)
+                except DataError as exc:
+                    raise DataError(f"{path}: {exc}") from None
+                if self.resize and img.shape[:2] != (h, w):
+                    mode = "L" if c == 1 else "RGB"
+                    pil = Image.fromarray(img[:, :, 0] if c == 1 else img, mode=mode)
+                    img = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
+                    img = img[:, :, None] if img.ndim == 2 else img
+                if img.shape != (h, w, c):
+                    raise DataError(
+                        f"{path} is {img.shape[1]}x{img.shape[0]}, expected {w}x{h}; "
+                        "set resize: [H, W] in the source config or fix the image"
+                    )
+                key = f"{split}_{label:05d}_{counters[label]:07d}"
+                counters[label] += 1
+                rel = str(path.relative_to(self.root))
+                yield Sample(split, key, img, label, {"file": rel})
+
+
+def _class_names(folder: Path) -> list[str]:
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"no class sub-folders in {folder}; expected one folder per class")
+    return names

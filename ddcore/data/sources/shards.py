@@ -1,0 +1,89 @@
+"""Existing WebDataset shards from any URL webdataset understands (local, ``pipe:``, fsspec)."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import webdataset as wds
+
+from ddcore.data.codec import decode_png
+from ddcore.data.sources.base import Sample
+from ddcore.data.writer import KEY_RE
+from ddcore.errors import DataError
+
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
+LABEL_FIELDS = ("cls", "label")
+SAFE_EXTRA = frozenset({"json", "txt", "cls", "label", *IMAGE_FIELDS})
+
+
+class ShardSource:
+    """Samples read from WebDataset tar shards, with explicit decoders only.
+
+    Each sample needs one image field (png/jpg/...) and an integer label (``cls``). Members with
+    any other extension (``.pyd``, ``.pickle``, ``.pth``...) make the ingest fail: they are never
+    decoded.
+
+    Args:
+        urls: ``{split: url-or-brace-pattern}``.
+        classes: class names; ``None`` = ``"0".."K-1"`` from the largest label seen.
+        name: dataset name.
+    """
+
+    def __init__(self, urls: dict[str, str], *, classes: list[str] | None = None, name: str = "webdataset") -> None:
+        if not urls:
+            raise DataError("webdataset source needs urls: {train: <url>, ...}")
+        self.urls, self.name = dict(urls), name
+        first = next(self._raw(next(iter(self.urls.values()))))
+        img = decode_png(first[_image_field(first)])
+        self.image_shape = (img.shape[2], img.shape[0], img.shape[1])
+        if classes is None:
+            top = max(_label(s) for url in self.urls.values() for s in self._raw(url))
+            classes = [str(i) for i in range(top + 1)]
+        self.classes = list(classes)
+
+    def _raw(self, url: str) -> Iterator[dict[str, Any]]:
+        ds = wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=wds.reraise_exception)
+        try:
+            for sample in ds:
+                bad = sorted(k for k in sample if not k.startswith("__") and k.lower() not in SAFE_EXTRA)
+                if bad:
+                    raise DataError(
+                        f"refused shard member '{sample.get('__key__')}.{bad[0]}' in {url}: "
+                        f"only {sorted(SAFE_EXTRA)} are read (pickle-like members are never decoded)"
+                    )
+                yield sample
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise DataError(f"shard {url} is corrupt or truncated ({exc}); re-create or re-download it") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "webdataset", "uri": self.urls}
+
+    def expected_total(self) -> int | None:
+        return None
+
+    def samples(self) -> Iterator[Sample]:
+        c = self.image_shape[0]
+        for split, url in self.urls.items():
+            for i, s in enumerate(self._raw(url)):
+                src_key = str(s.get("__key__", ""))
+                key = src_key if KEY_RE.match(src_key) else f"{split}_{i:08d}"
+                yield Sample(split, key, decode_png(s[_image_field(s)], channels=c), _label(s), {"source_key": src_key})
+
+
+def _image_field(sample: dict[str, Any]) -> str:
+    for f in IMAGE_FIELDS:
+        if f in sample:
+            return f
+    raise DataError(f"sample {sample.get('__key__')!r} has no image field (one of {IMAGE_FIELDS})")
+
+
+def _label(sample: dict[str, Any]) -> int:
+    for f in LABEL_FIELDS:
+        if f in sample:
+            try:
+                return int(bytes(sample[f]).decode().strip())
+            except ValueError:
+                raise DataError(f"sample {sample.get('__key__')!r}: label {sample[f]!r} is not an integer") from None
+    raise DataError(f"sample {sample.get('__key__')!r} has no 'cls' label field")

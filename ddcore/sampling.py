@@ -1,0 +1,71 @@
+"""Per-class access to real images, as the distillation methods need it.
+
+Methods never touch files: they take a :class:`RealSampler`. ``TensorSampler`` serves tensors
+already in memory (tests, small sets); ``ddcore.data.readers.ArtifactSampler`` serves a dataset
+artifact class by class without decoding the whole dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class RealSampler(Protocol):
+    """Random access to the real images of each class, in normalised float32 space."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def class_size(self, c: int) -> int:
+        """Number of real samples of class ``c``."""
+        ...
+
+    def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` (int64 ``[n]``, positions within class ``c``) as float32 ``[n, C, H, W]``."""
+        ...
+
+    def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``min(n, class_size)`` images of class ``c`` drawn without replacement."""
+        ...
+
+
+class TensorSampler:
+    """A :class:`RealSampler` over in-memory tensors.
+
+    Args:
+        images: float32 ``[N, C, H, W]`` normalised images.
+        labels: int64 ``[N]``.
+        num_classes: number of classes.
+        mean, std: per-channel normalisation the images are in.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.image_shape = tuple(images.shape[1:])  # type: ignore[assignment]
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self._index = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+
+    def class_size(self, c: int) -> int:
+        return int(self._index[c].numel())
+
+    def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[self._index[c][idx]]
+
+    def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        size = self.class_size(c)
+        perm = torch.randperm(size, generator=generator)[: min(n, size)]
+        return self.get(c, perm)

@@ -1,0 +1,1 @@
+"""Prefect flows composing the ddflow stages, and the ``ddflow`` command-line interface."""

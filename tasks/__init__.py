@@ -1,0 +1,1 @@
+"""Prefect tasks, one per pipeline stage. Tasks exchange artifact references, never tensors."""

@@ -1,0 +1,73 @@
+"""The ddflow CLI: ingest/info/show/run work, and bad input is one error line, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_ingest_info_show(fake_fmnist: Path, tmp_path: Path) -> None:
+    """ingest prints counts and digest; info repeats the digest; show writes a grid of 10 rows."""
+    r = runner.invoke(app, ["ingest", str(fake_fmnist), "--out", str(tmp_path / "a"), "--shard-size", "50"])
+    assert r.exit_code == 0, r.output
+    digest = next(line.split()[-1] for line in r.output.splitlines() if line.startswith("digest:"))
+    r2 = runner.invoke(app, ["info", str(tmp_path / "a"), "--verify", "full"])
+    assert r2.exit_code == 0 and f"digest: {digest}" in r2.output and "120" in r2.output
+    r3 = runner.invoke(app, ["show", str(tmp_path / "a"), "--out", str(tmp_path / "g.png"), "--per-class", "4"])
+    assert r3.exit_code == 0, r3.output
+    img = Image.open(tmp_path / "g.png")
+    assert img.size[1] == 10 * (28 * 2 + 2) + 2
+
+
+def test_run_config_ingests_and_caches(fake_fmnist: Path, tmp_path: Path) -> None:
+    """ddflow run ingests into the artifact root, and a second run reuses the verified artifact."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: t\ndata:\n  source:\n    kind: fashion_mnist\n    root: {fake_fmnist}\n")
+    r = runner.invoke(app, ["run", str(cfg), "--root", str(tmp_path / "root")])
+    assert r.exit_code == 0, r.output
+    r2 = runner.invoke(app, ["run", str(cfg), "--root", str(tmp_path / "root")])
+    assert "cached" in r2.output
+
+
+def _err(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    """Missing artifact, unknown config key, bad value and missing source: one line each, exit 2."""
+    assert "no dataset artifact" in _err(runner.invoke(app, ["info", str(tmp_path / "nope")]))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  source: {kind: fashion_mnist}\n  shards: 3\n")
+    assert "unknown key 'data.shards'" in _err(runner.invoke(app, ["run", str(cfg)]))
+    cfg.write_text("data:\n  source: {kind: fashion_mnist}\n  shard_size: 0\n")
+    assert "bad value for 'data.shard_size'" in _err(runner.invoke(app, ["run", str(cfg)]))
+    assert "source not found" in _err(runner.invoke(app, ["ingest", str(tmp_path / "x"), "--out", str(tmp_path / "o")]))
+    assert "config file not found" in _err(runner.invoke(app, ["run", str(tmp_path / "none.yaml")]))
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    """--debug re-raises the error instead of printing one line."""
+    r = runner.invoke(app, ["--debug", "info", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and r.exception is not None
+
+
+def test_image_folder_via_cli(tmp_path: Path) -> None:
+    """A folder of class sub-folders is recognised and split with --test-fraction."""
+    for c in ("x", "y"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), i * 10, np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
+    r = runner.invoke(app, ["ingest", str(tmp_path / "f"), "--out", str(tmp_path / "o"), "--test-fraction", "0.4"])
+    assert r.exit_code == 0, r.output
+    assert "digest:" in r.output
