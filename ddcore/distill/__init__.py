@@ -1,0 +1,1 @@
+"""Distillation methods: DM, HDD and NCFM loops, and the random / herding baselines."""

@@ -1,0 +1,117 @@
+"""Typed configs of the distillation methods (reference defaults from methods.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ddcore.config import StageConfig
+
+
+class HDDOptions(StageConfig):
+    """HDD (methods.md §3): curvature parameter k (K = -1/k), loss scale λ, expmap0 radius clamp.
+
+    ``clamp_radius = 10`` is code-faithful (the released code's vendored geoopt); ``None`` is the
+    theory-faithful, unclamped map.
+    """
+
+    k: float = Field(1.0, gt=0)
+    scale: float = Field(20.0, gt=0)
+    clamp_radius: float | None = Field(10.0, gt=0)
+
+
+class PoolOptions(StageConfig):
+    """NCFM's pretrained feature-extractor pool (methods.md §4.4); ``num_models = 0`` disables it."""
+
+    num_models: int = Field(0, ge=0)
+    epochs: int = Field(60, ge=1)
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int = 0
+
+
+class NCFMOptions(StageConfig):
+    """NCFM (methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2."""
+
+    alpha: float = Field(0.5, ge=0)
+    beta: float = Field(0.5, ge=0)
+    scale: float = Field(300.0, gt=0)
+    num_freqs: int = Field(4096, ge=1)
+    sampling_net: bool = False
+    sampler_kind: Literal["mixture", "code"] = "mixture"
+    sampler_group: int = Field(16, ge=1)
+    psi_lr: float = 1e-3
+    psi_momentum: float = 0.5
+    factor: Literal[1, 2] = 2
+    calibration_weight: float = Field(1.0, ge=0)
+    pool: PoolOptions = PoolOptions()
+    weight_decay: float = 5e-4
+
+
+class DistillConfig(StageConfig):
+    """One distillation run.
+
+    Attributes:
+        method: ``dm`` | ``hdd`` | ``ncfm``.
+        ipc: images per class stored.
+        iterations: optimisation steps.
+        network, width, depth: the matching ConvNet (a fresh random one per iteration for DM/HDD).
+        init: ``real`` (random real images), ``noise``, or ``mix`` (NCFM mosaics of 4 real images).
+        lr_img: image learning rate; DM/HDD use SGD with ``momentum``; NCFM uses AdamW
+            (reference effective lr 1e-3).
+        batch_real: real images per class per iteration.
+        dsa_strategy: Siamese augmentation families (DM/HDD); NCFM uses IDC color_crop_cutout.
+        class_chunk: classes per forward pass; ``None`` = all classes in one pass (exact with
+            instance norm); smaller values trade speed for memory and give the same gradients.
+        seed: every random draw derives from it (init, per-iteration nets, batches, augmentation).
+        checkpoint_every: save the loop state every N iterations (0 = never).
+        log_every: report the loss every N iterations.
+    """
+
+    method: Literal["dm", "hdd", "ncfm"]
+    ipc: int = Field(10, ge=1)
+    iterations: int = Field(20000, ge=0)
+    network: str = "convnet"
+    width: int = Field(128, ge=1)
+    depth: int | None = None
+    init: Literal["real", "noise", "mix"] = "real"
+    lr_img: float = Field(1.0, gt=0)
+    momentum: float = Field(0.5, ge=0)
+    batch_real: int = Field(256, ge=1)
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    class_chunk: int | None = Field(None, ge=1)
+    seed: int = 0
+    checkpoint_every: int = Field(500, ge=0)
+    log_every: int = Field(50, ge=1)
+    hdd: HDDOptions = HDDOptions()
+    ncfm: NCFMOptions = NCFMOptions()
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.init == "mix" and self.method != "ncfm":
+            raise ValueError("init 'mix' (multi-formation mosaics) is for method 'ncfm' only")
+        return self
+
+    @classmethod
+    def reference(cls, method: str, **overrides: object) -> DistillConfig:
+        """Published settings: DM/HDD lr 1, SGD momentum 0.5, 20k iterations, 256 real per class;
+        NCFM AdamW lr 1e-3, 1024 real per class, mix init with factor 2."""
+        base: dict[str, object] = {"method": method}
+        if method == "ncfm":
+            base.update(lr_img=1e-3, batch_real=1024, init="mix")
+        base.update(overrides)
+        return cls.model_validate(base)
+
+
+class BaselineConfig(StageConfig):
+    """Selection baselines (methods.md §6): a random real subset, or herding in a ConvNet embedding."""
+
+    method: Literal["random", "herding"]
+    ipc: int = Field(10, ge=1)
+    seed: int = 0
+    network: str = "convnet"
+    width: int = Field(128, ge=1)
+    depth: int | None = None
+    feature_net: Literal["random", "trained"] = "random"
+    train_epochs: int = Field(5, ge=1)

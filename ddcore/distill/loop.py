@@ -1,0 +1,132 @@
+"""The distillation driver shared by DM, HDD and NCFM: init, steps, checkpoints, NaN guard, output.
+
+Every random draw of iteration ``i`` comes from :func:`~ddcore.distill.checkpoint.iteration_generator`
+``(seed, i)``, so a run resumed from a checkpoint is bit-for-bit the uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ddcore.distill.checkpoint import iteration_generator, load_checkpoint, save_checkpoint
+from ddcore.distill.config import DistillConfig
+from ddcore.distill.init import initial_images
+from ddcore.distill.matching import MatchingStep
+from ddcore.distill.ncfm import NCFMStep
+from ddcore.distill.pool import FeaturePool, train_pool
+from ddcore.errors import DistillationError
+from ddcore.sampling import RealSampler
+from ddcore.synthetic import SyntheticSet
+
+LogFn = Callable[[int, dict[str, float]], None]
+POOL_FILE = "pool.pt"
+
+
+def _optimizer(cfg: DistillConfig, syn: torch.Tensor) -> torch.optim.Optimizer:
+    if cfg.method == "ncfm":
+        return torch.optim.AdamW([syn], lr=cfg.lr_img, weight_decay=cfg.ncfm.weight_decay)
+    return torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+
+
+def _pool(sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None,
+          pool: FeaturePool | None) -> FeaturePool | None:
+    o = cfg.ncfm.pool
+    if cfg.method != "ncfm" or o.num_models == 0 or pool is not None:
+        return pool
+    cached = checkpoint_dir / POOL_FILE if checkpoint_dir else None
+    if cached is not None and cached.is_file():
+        return FeaturePool.load(cached)
+    made = train_pool(sampler, num_models=o.num_models, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
+                      seed=o.seed, network=cfg.network, width=cfg.width, depth=cfg.depth, device=device)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        made.save(cached)
+    return made
+
+
+def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.device = "cpu",
+            checkpoint_dir: str | Path | None = None, log: LogFn | None = None, stop_after: int | None = None,
+            pool: FeaturePool | None = None) -> SyntheticSet:
+    """Run ``cfg.method`` against ``sampler`` and return the synthetic set.
+
+    Args:
+        sampler: real images (the full set or a pruned core set).
+        cfg: method config; ``cfg.seed`` determines every random draw.
+        device: torch device for networks and images.
+        checkpoint_dir: where loop state is saved every ``cfg.checkpoint_every`` iterations and
+            resumed from; ``None`` disables checkpointing.
+        log: called with ``(iteration, metrics)`` every ``cfg.log_every`` iterations.
+        stop_after: stop (after checkpointing) once this many iterations are done; for tests of resume.
+        pool: a pretrained NCFM feature pool (trained here when configured and not given).
+
+    Raises:
+        DistillationError: the loss or the images became NaN/Inf (names the iteration and the last
+            good checkpoint).
+    """
+    dev = torch.device(device)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    labels = torch.arange(sampler.num_classes).repeat_interleave(cfg.ipc)
+    images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, generator=iteration_generator(cfg.seed, -1, "init"))
+    pool = _pool(sampler, cfg, dev, ckdir, pool)
+    if cfg.method == "ncfm":
+        step: MatchingStep | NCFMStep = NCFMStep(sampler, cfg, dev, pool)
+        m = torch.tensor(sampler.mean).view(1, -1, 1, 1)
+        s = torch.tensor(sampler.std).view(1, -1, 1, 1)
+        images = (images * s + m).clamp(0, 1)
+    else:
+        step = MatchingStep(sampler, cfg, dev)
+    syn = images.to(dev).requires_grad_(True)
+    opt = _optimizer(cfg, syn)
+    start, history = 0, []
+    state = load_checkpoint(ckdir)
+    if state is not None and state.get("config_digest") == cfg.digest():
+        with torch.no_grad():
+            syn.copy_(state["images"].to(dev))
+        opt.load_state_dict(state["optimizer"])
+        step.load_state(state.get("step", {}))
+        start, history = int(state["iteration"]), list(state.get("history", []))
+    last_good = "none" if ckdir is None or start == 0 else str(ckdir)
+    for it in range(start, cfg.iterations):
+        if stop_after is not None and it >= stop_after:
+            break
+        metrics = step(syn, labels.to(dev), opt, iteration_generator(cfg.seed, it))
+        if not math.isfinite(metrics["loss"]) or not torch.isfinite(syn).all():
+            raise DistillationError(
+                f"{cfg.method}: NaN/Inf in the loss or synthetic images at iteration {it}; last good "
+                f"checkpoint: {last_good}; lower lr_img and resume"
+            )
+        done = it + 1
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            history.append([done, metrics["loss"]])
+            if log is not None:
+                log(done, metrics)
+        if ckdir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_after):
+            save_checkpoint(ckdir, {"iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
+                                    "step": step.state(), "config_digest": cfg.digest(), "history": history,
+                                    "rng": {"scheme": "sha256(seed:iteration:role)", "seed": cfg.seed}})
+            last_good = str(ckdir)
+    return _result(sampler, cfg, step, syn.detach().cpu(), labels, history)
+
+
+def _result(sampler: RealSampler, cfg: DistillConfig, step: MatchingStep | NCFMStep, syn: torch.Tensor,
+            labels: torch.Tensor, history: list) -> SyntheticSet:
+    extra: dict = {"loss_history": history}
+    if isinstance(step, NCFMStep):
+        step_cpu = step.normalise(syn.to(step.mean.device)).cpu()
+        if cfg.ncfm.factor > 1:
+            from ddcore.distill.init import decode_factor
+
+            images, labels = decode_factor(step_cpu, labels, cfg.ncfm.factor)
+            extra.update(factor=cfg.ncfm.factor, stored_ipc=cfg.ipc)
+        else:
+            images = step_cpu
+    else:
+        images = syn
+    return SyntheticSet(images=images.contiguous(), labels=labels, mean=tuple(sampler.mean), std=tuple(sampler.std),
+                        num_classes=sampler.num_classes, method=cfg.method, config=cfg.model_dump(mode="json"),
+                        seeds={"distill": cfg.seed, "pool": cfg.ncfm.pool.seed} if cfg.method == "ncfm"
+                        else {"distill": cfg.seed}, extra=extra)

@@ -1,0 +1,104 @@
+"""One optimisation step of DM and HDD (methods.md §2, §3), batched over classes.
+
+Per iteration a fresh random ConvNet (re-initialised in place from the iteration seed) embeds, for
+every class, a Siamese-augmented batch of real images and the class's synthetic images. With instance
+norm every sample is normalised on its own, so putting all classes through one forward pass gives
+exactly the per-class features; ``class_chunk`` splits the pass to bound memory and accumulates the
+same gradients. One image-optimiser step follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ddcore.augment.dsa import apply, draw_params
+from ddcore.distill.config import DistillConfig
+from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
+from ddcore.nets.registry import build_network, reinit_
+from ddcore.sampling import RealSampler
+
+FeatureLoss = Callable[..., torch.Tensor]
+
+
+def class_chunks(num_classes: int, chunk: int | None) -> list[list[int]]:
+    """Class groups of size ``chunk`` (one group with every class when ``None``)."""
+    size = num_classes if chunk is None else max(1, chunk)
+    return [list(range(s, min(s + size, num_classes))) for s in range(0, num_classes, size)]
+
+
+def feature_loss(cfg: DistillConfig) -> FeatureLoss:
+    """The batched matching loss of ``cfg.method`` (indexed layout: features + labels)."""
+    if cfg.method == "dm":
+        return dm_loss_batched
+    h = cfg.hdd
+
+    def hdd(real: torch.Tensor, syn: torch.Tensor, **kw: object) -> torch.Tensor:
+        return hdd_loss_batched(real, syn, k=h.k, scale=h.scale, clamp_radius=h.clamp_radius, **kw)
+
+    return hdd
+
+
+class MatchingStep:
+    """Callable step ``(syn, labels, optimizer, generator) -> loss`` for DM or HDD.
+
+    Args:
+        sampler: real images per class.
+        cfg: the run's config.
+        device: where the network and batches live.
+    """
+
+    def __init__(self, sampler: RealSampler, cfg: DistillConfig, device: torch.device) -> None:
+        self.sampler, self.cfg, self.device = sampler, cfg, device
+        c, h, _ = sampler.image_shape
+        self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
+                                 seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
+        self.net.train()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.loss_fn = feature_loss(cfg)
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        del state
+
+    def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator) -> dict[str, float]:
+        cfg, k = self.cfg, self.sampler.num_classes
+        reinit_(self.net, int(torch.randint(2**62, (1,), generator=generator).item()))
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for chunk in class_chunks(k, cfg.class_chunk):
+            total += self._chunk_loss(chunk, syn, labels, generator)
+        optimizer.step()
+        return {"loss": total}
+
+    def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor,
+                    generator: torch.Generator) -> float:
+        real_aug, syn_aug, real_lab, syn_lab = [], [], [], []
+        shape = tuple(syn.shape[1:])
+        for c in chunk:
+            real = self.sampler.sample(c, self.cfg.batch_real, generator).to(self.device)
+            params = draw_params(self.cfg.dsa_strategy, batch=real.shape[0], image_shape=shape,
+                                 generator=generator, siamese=True)
+            mine = syn[labels == c]
+            real_aug.append(apply(real, params))
+            syn_aug.append(apply(mine, params))
+            real_lab.append(torch.full((real.shape[0],), c, dtype=torch.int64))
+            syn_lab.append(torch.full((mine.shape[0],), c, dtype=torch.int64))
+        with torch.no_grad():
+            fr = embed(self.net, torch.cat(real_aug))
+        fs = embed(self.net, torch.cat(syn_aug))
+        loss = self.loss_fn(fr, fs, real_labels=torch.cat(real_lab).to(self.device),
+                            syn_labels=torch.cat(syn_lab).to(self.device), num_classes=self.sampler.num_classes)
+        loss.backward()
+        return float(loss.detach())
+
+
+def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net.embed(x)`` -> ``[B, D]``."""
+    return net.embed(x)  # type: ignore[operator]
