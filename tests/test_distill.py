@@ -153,3 +153,18 @@ def test_prune_synthetic_ipc50_to_10(sampler: TensorSampler) -> None:
     small = prune_synthetic(big, PruneConfig(fraction=0.2, width=8))
     assert small.labels.tolist() == [0, 1, 2] and len(small.extra["kept_keys"]) == 3
     assert small.method == "random+prune"
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_fast_embed_matches_embed(grad: bool) -> None:
+    """The channels_last / in-place-ReLU embedding gives the same features as net.embed."""
+    from ddcore.nets.fast import fast_embed, prepare
+    from ddcore.nets.registry import build_network
+
+    net = build_network("convnet", channels=1, num_classes=3, image_size=28, seed=0, width=16)
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    ref = net.embed(x)
+    prepare(net)
+    with torch.set_grad_enabled(grad):
+        out = fast_embed(net, x.requires_grad_(grad))
+    torch.testing.assert_close(out, ref.detach() if not grad else ref, rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ from torch import nn
 from ddcore.augment.dsa import apply, draw_params
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
+from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import build_network, reinit_
 from ddcore.sampling import RealSampler
 
@@ -55,7 +56,7 @@ class MatchingStep:
         c, h, _ = sampler.image_shape
         self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
                                  seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
-        self.net.train()
+        prepare(self.net).train()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.loss_fn = feature_loss(cfg)
@@ -100,5 +101,5 @@ class MatchingStep:
 
 
 def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net.embed(x)`` -> ``[B, D]``."""
-    return net.embed(x)  # type: ignore[operator]
+    """``net.embed(x)`` -> ``[B, D]`` (channels_last fast path, same values)."""
+    return fast_embed(net, x)

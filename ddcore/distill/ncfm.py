@@ -23,6 +23,7 @@ from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
 from ddcore.distill.pool import FeaturePool
 from ddcore.distill.sampling_net import FrequencySampler, build_psi_optimizer, gaussian_frequencies, psi_step
+from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import build_network, reinit_
 from ddcore.sampling import RealSampler
 
@@ -36,6 +37,7 @@ class NCFMStep:
         c, h, _ = sampler.image_shape
         self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
                                  seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
+        prepare(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.mean = torch.tensor(sampler.mean, device=device).view(1, -1, 1, 1)
@@ -84,8 +86,8 @@ class NCFMStep:
             real_lab.append(torch.full((real.shape[0],), c, dtype=torch.int64))
             syn_lab.append(torch.full((mine.shape[0],), c, dtype=torch.int64))
         with torch.no_grad():
-            fr = self.net.embed(torch.cat(real_aug))
-        fs = self.net.embed(torch.cat(syn_aug))
+            fr = fast_embed(self.net, torch.cat(real_aug))
+        fs = fast_embed(self.net, torch.cat(syn_aug))
         if self.psi is not None:
             t = self.psi(generator)
         else:
