@@ -1,0 +1,221 @@
+"""Optional img2img refinement of latent prototypes (the D4M / DDOQ "pushforward" ``D o U_t``).
+
+Instead of a full ``StableDiffusionImg2ImgPipeline`` (text encoder, tokenizer, safety checker from the
+hub), this is our own small img2img loop over ``(unet, scheduler, vae)``:
+
+1. ``scheduler.set_timesteps(steps)``; keep the last ``int(steps * strength)`` timesteps;
+2. noise the scaled latent prototype ``z0`` to the first kept timestep (``scheduler.add_noise``);
+3. denoise with the UNet's epsilon prediction and ``scheduler.step``; with a class-conditional UNet
+   and ``guidance > 1`` use classifier-free guidance ``eps_u + guidance * (eps_c - eps_u)``;
+4. decode with the VAE (:func:`ddcore.latent.vae.decode`).
+
+Supported: ``diffusers.UNet2DModel`` only, unconditional or class-conditional through
+``num_class_embeds``. Class-conditional convention: ``num_class_embeds = num_classes + 1`` and index
+``num_classes`` is the null ("unconditional") class used by guidance; the UNet must have been trained
+with label dropout to that index for guidance to be meaningful. Schedulers: DDIM, DDPM,
+EulerDiscrete, DPMSolverMultistep. The latent height/width must be divisible by the UNet's
+downsampling factor ``2 ** (len(block_out_channels) - 1)``.
+
+Folder layout (written by :func:`save_denoiser`, read by :func:`load_denoiser`, never from the hub)::
+
+    folder/unet/{config.json, diffusion_pytorch_model.safetensors}
+    folder/scheduler/scheduler_config.json
+    folder/vae/...            (optional; otherwise the caller's VAE is used)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import Field
+
+from ddcore.config import StageConfig
+from ddcore.errors import DataError, WeightsError
+from ddcore.latent.vae import decode, derive_seed, import_diffusers, load_model_folder, save_folder_atomic
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DModel
+
+SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
+
+
+class PushforwardConfig(StageConfig):
+    """img2img settings; defaults are D4M's (strength 0.7, guidance 8, 50 steps)."""
+
+    path: str
+    strength: float = Field(0.7, ge=0.0, le=1.0)
+    guidance: float = Field(8.0, ge=0.0)
+    steps: int = Field(50, ge=1)
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+
+
+@dataclass
+class LatentDenoiser:
+    """A UNet + scheduler (+ optional VAE) loaded from a local folder."""
+
+    unet: UNet2DModel
+    scheduler: Any
+    vae: AutoencoderKL | None = None
+    num_classes: int | None = None  # None: unconditional
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+
+def save_denoiser(
+    folder: str | Path, unet: UNet2DModel, scheduler: Any, vae: AutoencoderKL | None = None
+) -> str:
+    """Write the folder layout above atomically; returns its sha256 digest."""
+
+    def write(tmp: Path) -> None:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        scheduler.save_pretrained(tmp / "scheduler")
+        if vae is not None:
+            vae.save_pretrained(tmp / "vae", safe_serialization=True)
+
+    return save_folder_atomic(folder, write)
+
+
+def load_denoiser(path: str | Path) -> LatentDenoiser:
+    """Load :class:`LatentDenoiser` from a local folder; anything missing/corrupt is a WeightsError."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise WeightsError(
+            f"pushforward folder not found: {root}; pass a local folder written by save_denoiser"
+        )
+    d = import_diffusers()
+    unet = load_model_folder(d.UNet2DModel, root / "unet", what="pushforward UNet")
+    sched_file = root / "scheduler" / "scheduler_config.json"
+    try:
+        conf = json.loads(sched_file.read_text())
+        name = conf["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise WeightsError(
+            f"scheduler config {sched_file} is missing or unreadable; re-export the folder"
+        ) from None
+    if name not in SCHEDULERS:
+        raise WeightsError(
+            f"scheduler {name} in {sched_file} is not supported; use one of {', '.join(SCHEDULERS)}"
+        )
+    scheduler = getattr(d, name).from_config(conf)
+    vae = None
+    if (root / "vae").exists():
+        vae = load_model_folder(d.AutoencoderKL, root / "vae", what="pushforward VAE")
+    n_emb = unet.config.num_class_embeds
+    if unet.config.class_embed_type is not None:
+        raise WeightsError(
+            f"UNet in {root} uses class_embed_type={unet.config.class_embed_type}; only "
+            "num_class_embeds conditioning is supported"
+        )
+    return LatentDenoiser(unet, scheduler, vae, None if n_emb is None else int(n_emb) - 1)
+
+
+def img2img_latents(
+    model: LatentDenoiser,
+    z0: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    strength: float,
+    guidance: float,
+    steps: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Noise scaled latents ``z0 [B, c, h, w]`` to the strength-implied timestep and denoise them.
+
+    ``labels`` int64 ``[B]`` are required for a class-conditional UNet and ignored otherwise. Returns
+    latents of the same shape (float32). ``strength=0`` returns ``z0`` unchanged.
+    """
+    unet = model.unet
+    if z0.shape[1] != unet.config.in_channels:
+        raise DataError(
+            f"latents have {z0.shape[1]} channels, UNet expects {unet.config.in_channels}; "
+            "use the VAE the UNet was trained with"
+        )
+    if z0.shape[2] % model.factor or z0.shape[3] % model.factor:
+        raise DataError(
+            f"latent size {tuple(z0.shape[2:])} is not divisible by the UNet factor {model.factor}; "
+            "use a UNet with fewer down blocks"
+        )
+    p = next(unet.parameters())
+    sched = type(model.scheduler).from_config(model.scheduler.config)
+    sched.set_timesteps(steps, device=p.device)
+    t_start = steps - min(int(steps * strength), steps)
+    timesteps = sched.timesteps[t_start * sched.order :]
+    z = z0.to(device=p.device, dtype=p.dtype)
+    if len(timesteps) == 0:
+        return z.float()
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(t_start * sched.order)
+    noise = torch.randn(z.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    z = sched.add_noise(z, noise.to(device=p.device, dtype=p.dtype), timesteps[:1].repeat(z.shape[0]))
+    cond = model.num_classes is not None
+    if cond:
+        if labels is None:
+            raise DataError("this pushforward UNet is class-conditional; pass the class labels")
+        labels = labels.to(p.device)
+        null = torch.full_like(labels, model.num_classes)
+    with torch.no_grad():
+        for t in timesteps:
+            inp = sched.scale_model_input(z, t)
+            if cond and guidance > 1.0:
+                eps_c, eps_u = unet(
+                    torch.cat([inp, inp]), t, class_labels=torch.cat([labels, null])
+                ).sample.chunk(2)
+                eps = eps_u + guidance * (eps_c - eps_u)
+            else:
+                eps = unet(inp, t, class_labels=labels if cond else None).sample
+            z = sched.step(eps, t, z, generator=generator).prev_sample
+    return z.float()
+
+
+@dataclass
+class Pushforward:
+    """Callable ``(latents [K, c, h, w], labels [K]) -> pixel images [K, C, H, W] in [0, 1]`` for
+    :func:`ddcore.latent.ddoq.distill_ddoq`. Each call draws its noise from a generator seeded with
+    ``derive_seed(cfg.seed, 'pushforward', labels)``, so results do not depend on call order;
+    ``seeds`` records the base seed."""
+
+    model: LatentDenoiser
+    vae: AutoencoderKL
+    cfg: PushforwardConfig
+    image_size: int | tuple[int, int] | None = None
+    channels: int | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.seeds["pushforward"] = self.cfg.seed
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "pushforward", labels.tolist()))
+        out = []
+        for i in range(0, z.shape[0], self.cfg.batch_size):
+            zi = img2img_latents(
+                self.model,
+                z[i : i + self.cfg.batch_size],
+                labels[i : i + self.cfg.batch_size],
+                strength=self.cfg.strength,
+                guidance=self.cfg.guidance,
+                steps=self.cfg.steps,
+                generator=gen,
+            )
+            out.append(decode(self.vae, zi, image_size=self.image_size, channels=self.channels))
+        return torch.cat(out)
+
+
+def load_pushforward(
+    cfg: PushforwardConfig,
+    vae: AutoencoderKL | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> Pushforward:
+    """Load ``cfg.path`` (see layout above); the folder's own VAE wins over ``vae`` if present."""
+    model = load_denoiser(cfg.path)
+    dec = model.vae if model.vae is not None else vae
+    if dec is None:
+        raise WeightsError(f"pushforward folder {cfg.path} has no vae/ and no VAE was passed; pass the VAE")
+    return Pushforward(model, dec, cfg, image_size=image_size, channels=channels)
