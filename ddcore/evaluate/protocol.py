@@ -1,0 +1,136 @@
+"""The evaluation recipe: how a fresh network is trained on a (synthetic) set and scored.
+
+Two named recipes, never to be mixed in one table (methods.md §8.1):
+
+- :meth:`EvalConfig.dm_protocol` — the DC/DSA/DM "ConvNet protocol" (§1.4): SGD lr 0.01, momentum 0.9,
+  wd 5e-4, batch 256, 1000 epochs run as 1001 passes like the reference loop, lr ×0.1 after pass
+  epochs//2 + 1 with the optimizer re-created (momentum reset), per-sample DSA, last-epoch accuracy.
+- :meth:`EvalConfig.ncfm_protocol` — NCFM's recipe (§4.6): AdamW lr 1e-3 wd 0.01, batch 128,
+  2000 epochs, lr ×0.5 at 20/40/60/80 %, flip + color + one of crop/scale/rotate per sample, CutMix
+  (β 1, p 0.5), tested every 100 epochs and reported at the best test epoch (optimistic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ddcore.augment.dsa import DEFAULT_STRATEGY, parse_strategy
+from ddcore.config import StageConfig
+from ddcore.errors import ConfigError
+from ddcore.nets.registry import NETWORK_NAMES
+
+BEST_LABEL = "best-epoch (test-set selection, optimistic)"
+LAST_LABEL = "last-epoch"
+
+
+class EvalConfig(StageConfig):
+    """Training-and-test recipe for one evaluation run (see the module docstring for the two presets).
+
+    Fields:
+        protocol: name of the recipe family, recorded with every number (``dm`` or ``ncfm``).
+        network: a name from :data:`ddcore.nets.NETWORK_NAMES`; ``depth``/``width`` as for ConvNet.
+        epochs: training epochs E. ``dc_extra_pass`` runs E + 1 passes, as ``range(Epoch + 1)`` does.
+        optimizer: ``sgd`` (uses ``momentum``) or ``adamw``; ``lr``, ``weight_decay`` for both.
+        lr_schedule: ``dm_halfway`` (×``lr_decay`` after pass E//2 + 1, optimizer re-created),
+            ``multistep`` (×``lr_decay`` at 20/40/60/80 % of E), ``cosine`` (per epoch) or ``constant``.
+        augmentation: ``dsa`` (one family of ``dsa_strategy`` per batch, per-sample parameters),
+            ``ncfm`` (flip + color + one of crop/scale/rotate, per sample) or ``none``.
+        cutmix, cutmix_beta, cutmix_prob: CutMix after augmentation.
+        num_eval: number of fresh networks; run i uses seed ``seed + i``.
+        test_every: test every this many epochs (0: only at the end); needed by ``selection='best'``.
+        selection: ``last`` (accuracy after the last epoch) or ``best`` (max over tests: optimistic).
+        soft_label_temperature: T of the KL(teacher_T ‖ student_T) loss used when soft labels or a
+            teacher are given (no T² factor, as in SRe2L/D4M); hard labels use cross-entropy.
+    """
+
+    protocol: Literal["dm", "ncfm"] = "dm"
+    network: str = "convnet"
+    depth: int | None = Field(default=None, ge=1)
+    width: int = Field(default=128, ge=1)
+    epochs: int = Field(default=1000, ge=1)
+    dc_extra_pass: bool = True
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    lr_schedule: Literal["dm_halfway", "multistep", "cosine", "constant"] = "dm_halfway"
+    lr_decay: float = Field(default=0.1, gt=0, le=1)
+    augmentation: Literal["dsa", "ncfm", "none"] = "dsa"
+    dsa_strategy: str = DEFAULT_STRATEGY
+    cutmix: bool = False
+    cutmix_beta: float = Field(default=1.0, ge=0)
+    cutmix_prob: float = Field(default=0.5, ge=0, le=1)
+    num_eval: int = Field(default=5, ge=1)
+    seed: int = Field(default=0, ge=0)
+    test_every: int = Field(default=0, ge=0)
+    selection: Literal["last", "best"] = "last"
+    soft_label_temperature: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        key = self.network.strip().lower()
+        if key not in NETWORK_NAMES:
+            raise ValueError(f"unknown network '{self.network}'; valid names: {', '.join(NETWORK_NAMES)}")
+        try:
+            parse_strategy(self.dsa_strategy)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if self.selection == "best" and self.test_every == 0:
+            raise ValueError("selection 'best' needs test_every > 0 (the epochs to choose among)")
+        return self
+
+    @property
+    def passes(self) -> int:
+        """Number of training passes over the set: ``epochs + 1`` with ``dc_extra_pass``."""
+        return self.epochs + 1 if self.dc_extra_pass else self.epochs
+
+    @property
+    def label(self) -> str:
+        """Protocol label recorded with every accuracy, e.g. ``dm/convnet/1000ep/last-epoch``."""
+        sel = BEST_LABEL if self.selection == "best" else LAST_LABEL
+        return f"{self.protocol}/{self.network}/{self.epochs}ep/{sel}"
+
+    @classmethod
+    def dm_protocol(cls, epochs: int = 1000, **overrides: Any) -> EvalConfig:
+        """The DC/DSA/DM recipe (methods.md §1.4); ``overrides`` replace single fields (e.g. num_eval)."""
+        base: dict[str, Any] = dict(
+            protocol="dm", network="convnet", epochs=epochs, dc_extra_pass=True, optimizer="sgd", lr=0.01,
+            momentum=0.9, weight_decay=5e-4, batch_size=256, lr_schedule="dm_halfway", lr_decay=0.1,
+            augmentation="dsa", dsa_strategy=DEFAULT_STRATEGY, cutmix=False, num_eval=5, test_every=0,
+            selection="last",
+        )
+        base.update(overrides)
+        return cls.from_mapping(base, where="eval (dm protocol)")
+
+    @classmethod
+    def ncfm_protocol(cls, epochs: int = 2000, **overrides: Any) -> EvalConfig:
+        """NCFM's recipe (methods.md §4.6); best-epoch selection on the test set is labelled as such."""
+        base: dict[str, Any] = dict(
+            protocol="ncfm", network="convnet", epochs=epochs, dc_extra_pass=False, optimizer="adamw",
+            lr=1e-3, momentum=0.9, weight_decay=0.01, batch_size=128, lr_schedule="multistep",
+            lr_decay=0.5, augmentation="ncfm", cutmix=True, cutmix_beta=1.0, cutmix_prob=0.5,
+            num_eval=10, test_every=100, selection="best",
+        )
+        base.update(overrides)
+        return cls.from_mapping(base, where="eval (ncfm protocol)")
+
+
+def lr_at(config: EvalConfig, epoch: int) -> float:
+    """Learning rate of pass ``epoch`` (0-based) for the ``multistep``/``cosine``/``constant`` schedules.
+
+    ``dm_halfway`` is handled by the training loop (it re-creates the optimizer); here it gives the
+    lr the re-created optimizer gets: ``lr`` up to pass E//2 + 1 inclusive, ``lr·lr_decay`` after.
+    """
+    e = config.epochs
+    if config.lr_schedule == "dm_halfway":
+        return config.lr * (config.lr_decay if epoch > e // 2 + 1 else 1.0)
+    if config.lr_schedule == "multistep":
+        milestones = [int(e * f) for f in (0.2, 0.4, 0.6, 0.8)]
+        return config.lr * config.lr_decay ** sum(1 for m in milestones if m <= epoch)
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(epoch, e) / e))
+    return config.lr

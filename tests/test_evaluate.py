@@ -1,0 +1,200 @@
+"""Evaluation: recipes, determinism, weighted and soft losses, DD-Ranking metrics, baseline comparison."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddcore.errors import ConfigError, DataError
+from ddcore.evaluate import (
+    BEST_LABEL,
+    EvalConfig,
+    ars,
+    evaluate_set,
+    evaluate_with_baseline,
+    hlr,
+    ior,
+    lrs,
+    summarize,
+    train_and_evaluate,
+)
+from ddcore.evaluate.protocol import lr_at
+from ddcore.evaluate.train import normalise_weights, soft_kl
+from ddcore.sampling import TensorSampler
+from ddcore.synthetic import SyntheticSet
+
+K = 4
+
+
+def blobs(per_class: int, seed: int, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """Easily separable 1-channel images: class c is bright in quadrant c, plus Gaussian noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(K).repeat_interleave(per_class)
+    x = 0.5 * torch.randn(labels.shape[0], 1, size, size, generator=g)
+    h = size // 2
+    for i, c in enumerate(labels.tolist()):
+        r, q = divmod(c, 2)
+        x[i, 0, r * h : (r + 1) * h, q * h : (q + 1) * h] += 2.0
+    return x, labels
+
+
+def tiny(epochs: int = 6, **overrides: object) -> EvalConfig:
+    """The DM recipe on a tiny ConvNet so a run takes well under a second on the CPU."""
+    base: dict[str, object] = dict(width=8, depth=2, num_eval=1, batch_size=16)
+    base.update(overrides)
+    return EvalConfig.dm_protocol(epochs=epochs, **base)
+
+
+TRAIN = blobs(6, seed=0)
+TEST = blobs(20, seed=1)
+
+
+def test_same_seed_gives_identical_run_and_other_seed_differs() -> None:
+    """Two CPU runs with the same seed give identical accuracy and losses; another seed changes the losses."""
+    cfg = tiny()
+    a = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=3, num_classes=K)
+    b = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=3, num_classes=K)
+    c = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=4, num_classes=K)
+    assert a == b and a.acc == b.acc and a.losses == b.losses
+    assert a.losses != c.losses
+    assert len(a.losses) == cfg.passes == cfg.epochs + 1 and a.selected_epoch == cfg.passes
+    assert a.protocol == cfg.label and 0.0 <= a.acc <= 1.0
+
+
+def test_equal_weights_reproduce_unweighted_run_exactly() -> None:
+    """All-equal per-image weights give exactly the unweighted run; unequal weights change the training."""
+    cfg = tiny()
+    n = TRAIN[0].shape[0]
+    plain = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K)
+    equal = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K, weights=torch.full((n,), 0.37))
+    assert equal == plain
+    skew = torch.linspace(0.1, 3.0, n)
+    weighted = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K, weights=skew)
+    assert weighted.losses != plain.losses
+
+
+def test_weight_normalisation_is_mean_one() -> None:
+    """Weights are rescaled to mean 1 over the set (so mean(w·ℓ) is on the scale of the plain mean)."""
+    assert normalise_weights(torch.full((5,), 2.0)) is None
+    w = normalise_weights(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    assert w is not None
+    torch.testing.assert_close(w, torch.tensor([1 / 3, 2 / 3, 1.0, 2.0]))
+    assert float(w.mean()) == pytest.approx(1.0)
+
+
+def test_one_hot_soft_labels_at_t1_match_cross_entropy() -> None:
+    """KL to one-hot targets at T=1 equals cross-entropy, so such a run matches the hard-label run."""
+    logits = torch.randn(5, K)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    torch.testing.assert_close(soft_kl(F.one_hot(y, K).float(), logits, 1.0),
+                               F.cross_entropy(logits, y, reduction="none"))
+    cfg = tiny(epochs=3)
+    hard = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K)
+    soft = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K,
+                              soft_labels=F.one_hot(TRAIN[1], K).float())
+    assert soft.losses == pytest.approx(hard.losses, rel=1e-4)
+
+
+def test_separable_data_trains_well_above_chance() -> None:
+    """A tiny set of easily separable images trains a ConvNet to far above chance (1/4)."""
+    run = train_and_evaluate(*TRAIN, *TEST, config=tiny(epochs=20), seed=0, num_classes=K)
+    assert run.acc > 0.6
+    assert run.losses[-1] < run.losses[0]
+
+
+def test_mismatched_image_shapes_are_one_line_data_error() -> None:
+    """A 28 px set evaluated on a 32 px test split raises DataError with a single-line message."""
+    with pytest.raises(DataError) as info:
+        train_and_evaluate(*TRAIN, *blobs(2, seed=1, size=32), config=tiny(), seed=0, num_classes=K)
+    assert "\n" not in str(info.value) and "(1, 28, 28)" in str(info.value)
+    syn = SyntheticSet(images=TRAIN[0], labels=TRAIN[1], mean=(0.0,), std=(1.0,), num_classes=K, method="t")
+    with pytest.raises(DataError):
+        evaluate_set(syn, *blobs(2, seed=1, size=32), config=tiny())
+
+
+def test_dm_and_ncfm_presets_match_the_reference_recipes() -> None:
+    """dm_protocol is SGD 0.01/0.9/5e-4, batch 256, DSA, last epoch; ncfm_protocol is labelled best-epoch."""
+    dm = EvalConfig.dm_protocol()
+    assert (dm.optimizer, dm.lr, dm.momentum, dm.weight_decay, dm.batch_size, dm.epochs) == (
+        "sgd", 0.01, 0.9, 5e-4, 256, 1000)
+    assert dm.augmentation == "dsa" and dm.selection == "last" and dm.passes == 1001
+    nc = EvalConfig.ncfm_protocol()
+    assert (nc.optimizer, nc.lr, nc.weight_decay, nc.batch_size, nc.epochs, nc.cutmix) == (
+        "adamw", 1e-3, 0.01, 128, 2000, True)
+    assert BEST_LABEL in nc.label and BEST_LABEL == "best-epoch (test-set selection, optimistic)"
+    with pytest.raises(ConfigError):
+        EvalConfig.from_mapping({"epochs": 10, "learning_rate": 0.1})
+    with pytest.raises(ConfigError):
+        EvalConfig.dm_protocol(selection="best")  # needs test_every
+    with pytest.raises(ConfigError):
+        EvalConfig.dm_protocol(network="lenet")
+
+
+def test_lr_schedules() -> None:
+    """dm_halfway: lr for passes 0..E//2+1, then ×0.1 with a new optimizer; multistep: ×0.5 at 20/40/60/80 %."""
+    cfg = tiny(epochs=10)
+    run = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K)
+    assert run.lr_per_pass == pytest.approx([0.01] * 7 + [0.001] * 4)
+    assert [lr_at(cfg, e) for e in range(11)] == pytest.approx(run.lr_per_pass)
+    ms = EvalConfig.ncfm_protocol(epochs=10)
+    assert [lr_at(ms, e) for e in range(10)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4, 6.25e-5, 6.25e-5])
+
+
+def test_ncfm_protocol_run_selects_best_tested_epoch() -> None:
+    """The NCFM recipe (ncfm aug + CutMix + AdamW) runs, tests every k epochs and reports the best of them."""
+    cfg = EvalConfig.ncfm_protocol(epochs=6, test_every=2, width=8, depth=2, batch_size=16, num_eval=1)
+    run = train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=0, num_classes=K)
+    assert sorted(run.test_accs) == [2, 4, 6]
+    assert run.acc == max(run.test_accs.values()) and run.test_accs[run.selected_epoch] == run.acc
+    assert BEST_LABEL in run.protocol
+
+
+def test_summarize_population_std() -> None:
+    """summarize returns the mean and the population std (ddof 0)."""
+    mean, std = summarize([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and std == pytest.approx(math.sqrt(2 / 3) * 0.1)
+    assert summarize([0.5]) == (0.5, 0.0)
+
+
+def test_dd_ranking_metrics_on_hand_computed_examples() -> None:
+    """IOR, HLR, LRS and ARS follow ecosystem.md A4 on fractions; percentages are rejected."""
+    assert ior(0.5, 0.3) == pytest.approx(0.2)
+    assert hlr(0.8, 0.5) == pytest.approx(0.3)
+    # alpha = 0.5*0.2 - 0.5*0.3 = -0.05
+    expected = (math.exp(-0.05) - math.exp(-1)) / (math.e - math.exp(-1))
+    assert lrs(0.2, 0.3) == pytest.approx(expected) == pytest.approx(0.2481915, abs=1e-6)
+    assert lrs(1.0, 0.0, weight=1.0) == pytest.approx(1.0)
+    assert lrs(0.0, 1.0, weight=0.0) == pytest.approx(0.0)
+    # alpha = 0.7*0.2 - 0.3*0.3 = 0.05
+    assert lrs(0.2, 0.3, weight=0.7) == pytest.approx((math.exp(0.05) - math.exp(-1)) / (math.e - math.exp(-1)))
+    # beta = 0.5*(0.6-0.4) + 0.5*(0.5-0.45) = 0.125
+    assert ars(0.6, 0.4, 0.5, 0.45) == pytest.approx((math.exp(0.125) - math.exp(-1)) / (math.e - math.exp(-1)))
+    with pytest.raises(ConfigError):
+        ior(48.9, 26.0)
+
+
+def test_evaluate_set_records_seeds_and_baseline_gives_paired_ior_hlr_lrs() -> None:
+    """evaluate_set uses seeds seed+i; the baseline pairs rounds and IOR/HLR/LRS match the metric functions."""
+    cfg = tiny(epochs=3, num_eval=2, seed=10)
+    syn = SyntheticSet(images=TRAIN[0][::3], labels=TRAIN[1][::3], mean=(0.0,), std=(1.0,), num_classes=K,
+                       method="test")
+    summary = evaluate_set(syn, *TEST, config=cfg)
+    assert summary.seeds == [10, 11] and len(summary.accs) == 2
+    assert (summary.mean, summary.std) == summarize(summary.accs)
+    real = TensorSampler(*blobs(10, seed=5), num_classes=K, mean=(0.0,), std=(1.0,))
+    cmp = evaluate_with_baseline(syn, real, *TEST, config=cfg, random_seed=7, full_data_acc=0.95)
+    assert cmp.random_seeds == [7, 8] and cmp.synthetic.accs == summary.accs
+    assert all(r.num_train == syn.images.shape[0] for r in cmp.random.runs)
+    assert cmp.ior_per_round == pytest.approx([a - b for a, b in zip(cmp.synthetic.accs, cmp.random.accs,
+                                                                    strict=True)])
+    hlrs = [0.95 - a for a in cmp.synthetic.accs]
+    assert cmp.hlr == pytest.approx(summarize(hlrs)[0])
+    lrss = [lrs(i, h) for i, h in zip(cmp.ior_per_round, hlrs, strict=True)]
+    assert cmp.lrs == pytest.approx(summarize(lrss)[0])
+    wrong = TensorSampler(*blobs(3, seed=5), num_classes=K, mean=(0.5,), std=(1.0,))
+    with pytest.raises(DataError):
+        evaluate_with_baseline(syn, wrong, *TEST, config=cfg)
