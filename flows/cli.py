@@ -1,4 +1,4 @@
-"""The ``ddflow`` command line: ingest, info, show, run.
+"""The ``ddflow`` command line: ingest, info, show, run, lineage, serve.
 
 Every user-facing failure prints one line ``error: <problem and fix>`` on stderr and exits with
 code 2; ``--debug`` shows the traceback instead.
@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ddcore.config import StageConfig, apply_overrides, load_yaml
 from ddcore.errors import DDFlowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -144,29 +143,56 @@ def show(
     console.print(f"wrote {out}")
 
 
-def load_run_config(config: Path, overrides: list[str]) -> StageConfig:
-    """Read CONFIG, apply ``--set`` overrides and validate (one error line naming the key)."""
-    from flows.config import RunConfig
+def print_summary(summary: dict) -> None:
+    """The results table of a pipeline run (accuracies in %)."""
+    table = Table(title=f"run {summary['run']}  (config {summary['config_digest'][:12]})")
+    for col in ("method", "IPC", "accuracy", "random", "IOR", "time"):
+        table.add_column(col, justify="left" if col == "method" else "right")
 
-    data = apply_overrides(load_yaml(config), overrides)
-    return RunConfig.from_mapping(data, where=str(config))
+    def pct(m: float | None, s: float | None = None) -> str:
+        if m is None:
+            return "-"
+        return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
+
+    for r in summary["results"]:
+        ior = "-" if r["ior"] is None else f"{100 * r['ior']:+.1f}"
+        table.add_row(r["method"], str(r["ipc"]), pct(r["acc_mean"], r["acc_std"]),
+                      pct(r["random_mean"], r["random_std"]), ior, f"{r['seconds']:.0f}s")
+    console.print(table)
+    cached = sum(1 for s in summary["stages"] if s["cached"])
+    console.print(f"stages: {len(summary['stages'])} ({cached} cached)   total {summary['seconds']:.1f}s")
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML config.")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set data.shard_size=1000")]
-    = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
     root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Recompute STAGE and what depends on it.")]
+    = None,
 ) -> None:
-    """Run the pipeline described by CONFIG."""
+    """Run the pipeline described by CONFIG (cached stages are not recomputed)."""
     try:
-        from flows.pipeline import run_pipeline
+        from flows.distill import load_config
 
-        cfg = load_run_config(config, overrides or [])
-        run_pipeline(cfg, root=root, console=console)
+        cfg = load_config(str(config), overrides or [])
+        _prefect_env()
+        from flows.distill import distill_flow
+
+        summary = distill_flow(str(config), overrides or [], root, force or [])
     except DDFlowError as exc:
         fail(exc)
+    print_summary(summary)
+    from flows.orchestration import default_root
+
+    console.print(f"summary: {default_root(root)}/runs/{cfg.name}/summary.json")
+
+
+def _prefect_env() -> None:
+    """Quiet, patient defaults for Prefect's temporary server (overridable by the environment)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,139 @@
+"""``distill_flow``: ingest -> core set -> VAE/latents -> distill -> prune -> evaluate -> report.
+
+Every stage is a cached Prefect task keyed on (stage, config, upstream digests, version), so a
+re-run executes only stages whose inputs changed or that failed, and ``force`` recomputes named
+stages plus everything downstream. The flow writes ``<root>/runs/<name>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from ddcore.config import apply_overrides, load_yaml
+from ddcore.data import storage as fsio
+from flows.config import DISTILL_METHODS, LATENT_METHODS, RunConfig
+from flows.orchestration import PipelineRun, default_root
+from flows.runners import assign_devices
+from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
+from tasks.distill import DISTILL
+from tasks.evaluate import BASELINE, EVALUATE
+from tasks.features import EXTRACT_FEATURES
+from tasks.ingest import INGEST
+from tasks.prune import PRUNE
+from tasks.refs import ArtifactRef
+from tasks.report import REPORT, read_report
+from tasks.store import ArtifactStore
+from tasks.tracking import Tracker
+
+STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "distill", "prune", "evaluate", "baseline",
+          "report")
+
+
+def load_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a pipeline config (one error line on a bad key)."""
+    data = apply_overrides(load_yaml(config_path), overrides or [])
+    return RunConfig.from_mapping(data, where=str(config_path))
+
+
+class Timeline:
+    """Per-invocation stage outcomes for ``summary.json``: name, cached?, seconds."""
+
+    def __init__(self, run: PipelineRun) -> None:
+        self.run, self.stages = run, []  # type: ignore[var-annotated]
+
+    def __call__(self, task: Any, config: Any, inputs: dict[str, ArtifactRef] | None = None, *,
+                 label: str | None = None, device: str | None = None) -> ArtifactRef:
+        t0 = time.perf_counter()
+        ref = self.run.run(task, config, inputs, device=device)
+        name = str(task.name)
+        self.stages.append({"name": label or name, "cached": self.run.outcomes.get(name) == "cached",
+                            "seconds": round(time.perf_counter() - t0, 3)})
+        return ref
+
+
+def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
+    """Run the whole chain for ``cfg`` and return the summary (also written to ``runs/<name>/``)."""
+    store = ArtifactStore(default_root(root))
+    tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
+               else Tracker.disabled())
+    device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
+    t_start = time.perf_counter()
+    with PipelineRun(store, tracker=tracker, force=force or (), run_name=cfg.name, stages=STAGES,
+                     params={"config_digest": cfg.digest()}) as run:
+        step = Timeline(run)
+        data = step(INGEST, cfg.data)
+        report_inputs: dict[str, ArtifactRef] = {}
+        feats = None
+        if cfg.core_set is not None and cfg.core_set.methods:
+            feats = step(EXTRACT_FEATURES, cfg.prune_config(cfg.core_set), {"dataset": data}, device=device)
+        latent_inputs: dict[str, ArtifactRef] = {}
+        if any(m in LATENT_METHODS for m in cfg.methods):
+            from tasks.latents import ENCODE_LATENTS, TRAIN_VAE
+
+            vae = step(TRAIN_VAE, cfg.vae, {"dataset": data}, device=device)
+            lat = step(ENCODE_LATENTS, cfg.encode, {"dataset": data, "vae": vae}, device=device)
+            latent_inputs = {"vae": vae, "latents": lat}
+        evaluate_cfg = EvaluateConfig(eval=cfg.evaluation)
+        for ipc in cfg.ipcs:
+            if cfg.random_baseline:
+                report_inputs[f"baseline/{ipc}"] = step(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc),
+                                                        {"dataset": data}, device=device, label=f"baseline/ipc{ipc}")
+            for name in cfg.methods:
+                inputs: dict[str, ArtifactRef] = {"dataset": data}
+                if feats is not None and name in cfg.core_set.methods:  # type: ignore[union-attr]
+                    inputs["features"] = feats
+                if name in LATENT_METHODS:
+                    inputs.update(latent_inputs)
+                sets = {name: step(DISTILL, cfg.method_config(name, ipc), inputs, device=device,
+                                   label=f"distill/{name}/ipc{ipc}")}
+                if cfg.prune is not None and name in cfg.prune.methods:
+                    big_ipc = cfg.post_prune_ipc(ipc)
+                    big = step(DISTILL, cfg.method_config(name, big_ipc), inputs, device=device,
+                               label=f"distill/{name}/ipc{big_ipc}")
+                    sets[f"{name}+prune"] = step(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
+                                                 device=device, label=f"prune/{name}/ipc{big_ipc}->{ipc}")
+                for label, syn in sets.items():
+                    report_inputs[f"set/{label}/{ipc}"] = syn
+                    report_inputs[f"eval/{label}/{ipc}"] = step(
+                        EVALUATE, evaluate_cfg, {"dataset": data, "synthetic": syn}, device=device,
+                        label=f"evaluate/{label}/ipc{ipc}")
+        rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc), report_inputs)
+        summary = {"run": cfg.name, "config_digest": cfg.digest(), "results": read_report(rep.uri)["results"],
+                   "stages": step.stages, "report": rep.uri, "dataset": {"uri": data.uri, "digest": data.sha256},
+                   "seconds": round(time.perf_counter() - t_start, 3)}
+        write_summary(store, cfg.name, summary)
+        tracker_summary(tracker, store, cfg.name, rep)
+    return summary
+
+
+def write_summary(store: ArtifactStore, name: str, summary: dict[str, Any]) -> str:
+    """Write ``<root>/runs/<name>/summary.json`` atomically; returns its URI."""
+    fs, path = fsio.get_fs(store.uri("runs", name))
+    fs.makedirs(path, exist_ok=True)
+    tmp, final = fsio.join(path, ".summary.json.tmp"), fsio.join(path, "summary.json")
+    with fs.open(tmp, "wb") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+    fs.mv(tmp, final)
+    return final
+
+
+def tracker_summary(tracker: Tracker, store: ArtifactStore, name: str, report: ArtifactRef) -> None:
+    """Attach summary.json and the accuracy plot to the parent MLflow run (no-op without tracking)."""
+    for uri in (store.uri("runs", name, "summary.json"), f"{report.uri}/accuracy_vs_ipc.png"):
+        if "://" not in uri and Path(uri).is_file():
+            tracker.log_parent_artifact(uri)
+
+
+@flow(name="ddflow-distill", log_prints=True)
+def distill_flow(config_path: str, overrides: list[str] | None = None, root: str | None = None,
+                 force: list[str] | None = None) -> dict[str, Any]:
+    """Prefect flow over a config file (what deployments and ``ddflow run`` call)."""
+    return run_config(load_config(config_path, overrides), root=root, force=force)
+
+
+__all__ = ["DISTILL_METHODS", "STAGES", "distill_flow", "load_config", "run_config"]

@@ -1,0 +1,156 @@
+"""Flow-side driver of stage tasks: store binding, forced recomputation, MLflow parent run, outcomes.
+
+Inside a Prefect flow::
+
+    INGEST = make_stage_task("ingest", ingest_stage, "dataset")
+    DISTILL = make_stage_task("distill", distill_stage, "synthetic", tags=("gpu",))
+
+    @flow
+    def distill_flow(config_path: str, overrides: list[str] | None = None, root: str | None = None,
+                     force: list[str] | None = None):
+        cfg = ...
+        store = ArtifactStore(default_root(root))
+        with PipelineRun(store, tracker=Tracker.for_store(store, cfg.name), force=force or (),
+                         run_name=cfg.name, stages=("ingest", "distill")) as run:
+            data = run.run(INGEST, cfg.data)
+            syn = run.run(DISTILL, cfg.distill, {"dataset": data})
+
+``force`` names stages to recompute; every stage fed (directly or not) by a forced stage is recomputed
+too, by passing ``refresh_cache`` and ``force`` to its task. A stage answered from Prefect's cache
+(``Cached`` state) gets a ``cached`` nested MLflow run recorded here, so each flow run's parent run
+has one nested run per stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ddcore.config import StageConfig
+from ddcore.errors import ConfigError
+from tasks.refs import ArtifactRef
+from tasks.stage import StageError, bind_stage_task
+from tasks.store import ArtifactStore
+from tasks.tracking import Tracker
+
+log = logging.getLogger("ddflow.flow")
+
+
+def default_root(root: str | None = None) -> str:
+    """``root``, else ``$DDFLOW_ROOT``, else ``./artifacts``; local paths made absolute, URLs kept."""
+    value = root or os.environ.get("DDFLOW_ROOT") or "artifacts"
+    return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+class PipelineRun:
+    """Runs stage tasks of one flow run against one store and tracker.
+
+    Args:
+        store: the artifact store.
+        tracker: MLflow tracker (default: a no-op one).
+        force: stage names to recompute along with everything downstream of them.
+        run_name: name of the MLflow parent run.
+        params: extra params of the parent run (e.g. the whole config's digest).
+        tags: extra tags of the parent run.
+        stages: the flow's stage names; when given, unknown names in ``force`` are an error.
+    """
+
+    def __init__(self, store: ArtifactStore, *, tracker: Tracker | None = None, force: Iterable[str] = (),
+                 run_name: str = "ddflow", params: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, Any] | None = None, stages: Iterable[str] | None = None) -> None:
+        self.store = store
+        self.tracker = tracker or Tracker.disabled()
+        self.force = {str(s) for s in force}
+        if stages is not None:
+            unknown = sorted(self.force - set(stages))
+            if unknown:
+                raise ConfigError(f"force: unknown stage {unknown[0]!r}; choose from {', '.join(stages)}")
+        self.run_name, self.params, self.tags = run_name, dict(params or {}), dict(tags or {})
+        self.outcomes: dict[str, str] = {}
+        self.refs: dict[str, ArtifactRef] = {}
+        self._refreshed: set[str] = set()
+        self._futures: dict[int, tuple[str, StageConfig, dict[str, Any]]] = {}
+
+    def __enter__(self) -> PipelineRun:
+        self.tracker.start()
+        self.tracker.start_run(self.run_name, params={"store_root": self.store.root, **self.params},
+                               tags={"ddflow.force": ",".join(sorted(self.force)), **self.tags})
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.tracker.end_run(failed=exc_type is not None)
+
+    # -- running stages --------------------------------------------------------------------
+    def is_forced(self, stage: str, inputs: Mapping[str, Any]) -> bool:
+        """``stage`` is forced, or one of its inputs comes from a stage recomputed by force in this run."""
+        if stage in self.force:
+            return True
+        for value in inputs.values():
+            upstream = value.stage if isinstance(value, ArtifactRef) else self._futures.get(id(value), ("",))[0]
+            if upstream in self._refreshed:
+                return True
+        return False
+
+    def _bound(self, task: Any, inputs: Mapping[str, Any]) -> tuple[Any, bool]:
+        stage = str(task.name)
+        forced = self.is_forced(stage, inputs)
+        if forced:
+            self._refreshed.add(stage)
+        return bind_stage_task(task, self.store, refresh=forced), forced
+
+    def run(self, task: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None, *,
+            device: str | None = None) -> ArtifactRef:
+        """Run a stage task now (in the flow's thread) and return its output ref.
+
+        Raises:
+            StageError: the stage failed (after its retries); the message names the stage.
+        """
+        inputs = dict(inputs or {})
+        bound, forced = self._bound(task, inputs)
+        state = bound(store=self.store, config=config, inputs=inputs, tracker=self.tracker, force=forced,
+                      device=device, return_state=True)
+        return self._finish(str(task.name), state, config, inputs)
+
+    def submit(self, task: Any, config: StageConfig, inputs: Mapping[str, Any] | None = None, *,
+               device: str | None = None, wait_for: Iterable[Any] | None = None) -> Any:
+        """Submit a stage task to the flow's task runner; inputs may be refs or futures of other stages.
+
+        Collect the output with :meth:`result`. Wrap the call in ``remote_options(...)`` (Ray) to pass
+        per-task resources.
+        """
+        inputs = dict(inputs or {})
+        bound, forced = self._bound(task, inputs)
+        future = bound.submit(store=self.store, config=config, inputs=inputs, tracker=self.tracker, force=forced,
+                              device=device, wait_for=wait_for)
+        self._futures[id(future)] = (str(task.name), config, inputs)
+        return future
+
+    def result(self, future: Any) -> ArtifactRef:
+        """Wait for a future from :meth:`submit` and return its output ref (raises :class:`StageError`)."""
+        stage, config, inputs = self._futures[id(future)]
+        future.wait()
+        resolved = {k: self.result(v) if id(v) in self._futures else v for k, v in inputs.items()}
+        return self._finish(stage, future.state, config, resolved)
+
+    def _finish(self, stage: str, state: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef:
+        if not state.is_completed():
+            self.outcomes[stage] = state.name.lower() if state.name else "failed"
+            value = state.result(raise_on_failure=False)
+            if isinstance(value, StageError):
+                raise value
+            if isinstance(value, BaseException):
+                raise StageError.wrap(stage, "?", value) from value
+            raise StageError(f"stage '{stage}' ended in state {state.name}: {state.message}", stage=stage)
+        ref = state.result()
+        if state.name == "Cached":
+            self.outcomes[stage] = "cached"
+            self.tracker.record_cached(stage, ref, config, inputs)
+        else:
+            self.outcomes[stage] = "completed"
+        self.refs[stage] = ref
+        return ref

@@ -1,0 +1,42 @@
+"""Typed stage configs that exist only at the pipeline level (the ddcore ones are reused as they are)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ddcore.config import StageConfig
+from ddcore.evaluate.protocol import EvalConfig
+
+
+class EvaluateConfig(StageConfig):
+    """Evaluation stage: ``eval`` recipe; per-image weights and soft labels of the set on/off."""
+
+    eval: EvalConfig
+    use_weights: bool = True
+    use_soft_labels: bool = True
+
+
+class BaselineEvalConfig(StageConfig):
+    """The random-subset baseline of one IPC: round i trains on a random real subset drawn from
+    ``subset_seed + i`` with network seed ``eval.seed + i`` (the pairing IOR uses)."""
+
+    eval: EvalConfig
+    ipc: int = Field(ge=1)
+    subset_seed: int = 100
+
+
+class EncodeConfig(StageConfig):
+    """Latent encoding: batch size and stored dtype of the latents."""
+
+    batch_size: int = Field(256, ge=1)
+    dtype: Literal["float16", "float32"] = "float32"
+
+
+class ReportConfig(StageConfig):
+    """Report stage: the run's name and the random-baseline pairing used for IOR."""
+
+    run: str
+    lrs_weight: float = Field(0.5, ge=0, le=1)
+    full_data_acc: float | None = Field(None, ge=0, le=1)

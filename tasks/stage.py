@@ -1,0 +1,303 @@
+"""Running one pipeline stage: cache lookup, per-key lock, atomic publish, tracking; and its Prefect task.
+
+A stage function is pure library code (it never imports prefect or mlflow)::
+
+    def stage_fn(inputs: dict[str, ArtifactRef], config: MyStageConfig, out: str,
+                 ctx: StageContext) -> dict[str, float | int | str]:
+        # read inputs by ref.uri, write the output folder `out` (resume from ctx.checkpoint_dir),
+        # return a small JSON-serialisable summary
+
+:func:`run_stage` calls it at most once per stage key across processes and publishes ``out`` under
+``<root>/<stage>/<key>/`` with its ``ref.json``. :func:`make_stage_task` wraps that as a Prefect task
+whose cache key is the stage key (never the run id, never a hash of tensors), so re-running a flow
+after a failure in stage k shows ``Cached`` for the stages before k and executes only k and after.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddcore.config import StageConfig
+from ddcore.errors import DDFlowError
+from tasks.refs import ArtifactKind, ArtifactRef, utc_now
+from tasks.store import REF_FILE, ArtifactStore
+from tasks.tracking import StageRun, Tracker
+
+StageResult = Mapping[str, float | int | str] | None
+OomHook = Callable[[StageConfig, int], StageConfig | None]
+"""``on_oom(config, attempt)`` -> a config to retry with (e.g. a smaller batch) or ``None`` to give up."""
+
+_NON_TRANSIENT_OS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class StageError(DDFlowError):
+    """A stage function failed; names the stage and keeps the original exception as ``cause``."""
+
+    def __init__(self, message: str, *, stage: str = "", key: str = "", cause: BaseException | None = None,
+                 transient: bool = False) -> None:
+        super().__init__(message)
+        self.stage, self.key, self.cause, self.transient = stage, key, cause, transient
+
+    @classmethod
+    def wrap(cls, stage: str, key: str, exc: BaseException) -> StageError:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return cls(f"stage '{stage}' failed: {type(exc).__name__}: {first} (key {key}; finished stages stay "
+                   "cached, fix the cause and run again)", stage=stage, key=key, cause=exc,
+                   transient=is_transient(exc))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_stage_error, (str(self), self.stage, self.key, self.cause, self.transient))
+
+
+def _rebuild_stage_error(message: str, stage: str, key: str, cause: BaseException | None,
+                         transient: bool) -> StageError:
+    return StageError(message, stage=stage, key=key, cause=cause, transient=transient)
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets besides its inputs and config.
+
+    Attributes:
+        stage, key: the stage name and stage key.
+        checkpoint_dir: URI of a folder for resumable state; it survives failures and is removed once
+            the stage has been published.
+        device: ``"cuda:N"`` or ``"cpu"``; the stage must put its tensors there.
+        seed: ``config.seed`` when the config has one, else a number derived from the stage key.
+        attempt: 0, or the number of out-of-memory retries so far.
+        logger: where to log progress lines.
+    """
+
+    stage: str
+    key: str
+    checkpoint_dir: str
+    device: str
+    seed: int
+    logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("ddflow.stage"))
+    attempt: int = 0
+    run: StageRun | None = None
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking)."""
+        if self.run is not None:
+            self.run.log_metrics(step, metrics)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a local file (image, report) to the stage's MLflow run."""
+        if self.run is not None:
+            self.run.log_artifact(path, artifact_path)
+
+
+StageFn = Callable[[dict[str, ArtifactRef], Any, str, StageContext], StageResult]
+
+
+def run_stage(store: ArtifactStore, stage_name: str, fn: StageFn, inputs: Mapping[str, ArtifactRef],
+              config: StageConfig, kind: ArtifactKind, tracker: Tracker | None = None, *, force: bool = False,
+              device: str | None = None, on_oom: OomHook | None = None, max_oom_retries: int = 3,
+              logger: logging.Logger | logging.LoggerAdapter | None = None) -> ArtifactRef:
+    """Return the output of ``stage_name`` for ``config`` and ``inputs``, computing it only when needed.
+
+    Verified output present (and not ``force``) -> returned (tracked as ``cached``). Otherwise the
+    per-key lock is taken, the store re-checked (another process may have just finished it), ``fn`` is
+    run into a fresh temporary folder, and the folder is published with ``ref.json``.
+
+    Raises:
+        StageError: ``fn`` failed (the message names the stage; ``.cause`` is the original error).
+    """
+    log = logger or logging.getLogger("ddflow.stage")
+    inputs = _checked_inputs(stage_name, inputs)
+    tracker = tracker or Tracker.disabled()
+    key = store.key_for(stage_name, config, inputs)
+    if not force and (ref := store.lookup(stage_name, key)) is not None:
+        log.info("stage %s: cached (key %s, sha256 %s)", stage_name, key, ref.short)
+        tracker.record_cached(stage_name, ref, config, inputs)
+        return ref
+    with store.lock(stage_name, key):
+        if not force and (ref := store.lookup(stage_name, key)) is not None:
+            log.info("stage %s: cached, computed meanwhile by another run (key %s)", stage_name, key)
+            tracker.record_cached(stage_name, ref, config, inputs)
+            return ref
+        return _compute(store, stage_name, key, fn, inputs, config, kind, tracker, device=device, on_oom=on_oom,
+                        max_oom_retries=max_oom_retries, log=log)
+
+
+def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: dict[str, ArtifactRef],
+             config: StageConfig, kind: ArtifactKind, tracker: Tracker, *, device: str | None,
+             on_oom: OomHook | None, max_oom_retries: int,
+             log: logging.Logger | logging.LoggerAdapter) -> ArtifactRef:
+    log.info("stage %s: computing (key %s)", stage, key)
+    run = tracker.start_stage(stage, key, config, inputs, kind=kind)
+    ctx = StageContext(stage=stage, key=key, checkpoint_dir=store.checkpoint_dir(stage, key),
+                       device=resolve_device(device), seed=stage_seed(config, key), logger=log, run=run)
+    started, t0 = utc_now(), time.perf_counter()
+    effective, tmp = config, None
+    try:
+        while True:
+            tmp = store.begin(stage, key)
+            try:
+                result = fn(dict(inputs), effective, tmp, ctx)
+                break
+            except Exception as exc:
+                if on_oom is None or not is_cuda_oom(exc) or ctx.attempt >= max_oom_retries:
+                    raise
+                smaller = on_oom(effective, ctx.attempt + 1)
+                if smaller is None:
+                    raise
+                log.warning("stage %s: CUDA out of memory; retrying with %s", stage,
+                            _config_change(effective, smaller))
+                store.discard(tmp)
+                free_cuda_memory()
+                effective, ctx.attempt = smaller, ctx.attempt + 1
+        metrics = _checked_metrics(stage, result)
+        ref = store.publish(stage, key, tmp, kind=kind, config=config, inputs=inputs, metrics=metrics,
+                            started_at=started, duration_s=time.perf_counter() - t0,
+                            effective_config=None if effective is config else effective)
+    except BaseException as exc:
+        if tmp is not None:
+            store.discard(tmp)
+        run.fail(exc)
+        if isinstance(exc, Exception) and not isinstance(exc, StageError):
+            raise StageError.wrap(stage, key, exc) from exc
+        raise
+    store.clear_checkpoint(stage, key)
+    ref_file = f"{ref.uri}/{REF_FILE}" if store.is_local else None
+    run.finish(ref, metrics, ref_file=ref_file)
+    log.info("stage %s: done in %.1fs (key %s, sha256 %s)", stage, time.perf_counter() - t0, key, ref.short)
+    return ref
+
+
+def _checked_inputs(stage: str, inputs: Mapping[str, ArtifactRef] | None) -> dict[str, ArtifactRef]:
+    out = dict(inputs or {})
+    for name, ref in out.items():
+        if not isinstance(ref, ArtifactRef):
+            raise StageError(f"stage '{stage}': input {name!r} is a {type(ref).__name__}, not an ArtifactRef; "
+                             "pass the ref returned by the upstream stage", stage=stage)
+    return out
+
+
+def _checked_metrics(stage: str, result: StageResult) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        raise TypeError(f"stage function returned {type(result).__name__}; return a dict of numbers/strings")
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if isinstance(v, bool | int | str) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, float):
+            out[str(k)] = v if math.isfinite(v) else str(v)
+        elif hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
+            item = v.item()
+            out[str(k)] = item if not isinstance(item, float) or math.isfinite(item) else str(item)
+        else:
+            raise TypeError(f"metric {k!r} is a {type(v).__name__}; return numbers or strings only")
+    return out
+
+
+def _config_change(old: StageConfig, new: StageConfig) -> str:
+    a, b = old.model_dump(), new.model_dump()
+    diff = [f"{k}={b[k]!r}" for k in b if a.get(k) != b[k]]
+    return ", ".join(diff) or "the same config"
+
+
+def stage_seed(config: StageConfig, key: str) -> int:
+    """``config.seed`` when it is an int, else ``int(key[:8], 16)`` (deterministic, never the clock)."""
+    seed = getattr(config, "seed", None)
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else int(key[:8], 16)
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as given, else ``cuda:0`` when CUDA is available, else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
+def free_cuda_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying as is: connection/timeouts and I/O errors other than missing/forbidden paths."""
+    if isinstance(exc, StageError):
+        return exc.transient
+    if isinstance(exc, DDFlowError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _NON_TRANSIENT_OS)
+
+
+# -- Prefect ---------------------------------------------------------------------------------
+def make_stage_task(stage_name: str, fn: StageFn, kind: ArtifactKind, *, retries: int = 2,
+                    retry_delay_seconds: float | Sequence[float] | None = None, tags: Sequence[str] = (),
+                    on_oom: OomHook | None = None, timeout_seconds: float | None = None) -> Any:
+    """A Prefect task running ``fn`` as stage ``stage_name`` through :func:`run_stage`.
+
+    The task is called as ``task(store=..., config=..., inputs={...}, tracker=..., force=..., device=...)``
+    and returns an :class:`ArtifactRef`. Its cache key is ``<stage>-<stage key>``; results are persisted
+    (``persist_result=True``) and a cached result is only reused while the store still verifies the
+    output. Bind ``result_storage`` to the store with :func:`bind_stage_task` (done by
+    ``flows.orchestration.PipelineRun``). Retries (exponential backoff, 10 s base by default) happen
+    only for transient errors (:func:`is_transient`); CUDA OOM goes to ``on_oom`` instead.
+    """
+    from prefect import task
+    from prefect.tasks import exponential_backoff
+
+    def stage_task(store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
+                   tracker: Tracker | None = None, force: bool = False, device: str | None = None) -> ArtifactRef:
+        return run_stage(store, stage_name, fn, inputs or {}, config, kind, tracker, force=force, device=device,
+                         on_oom=on_oom, logger=_run_logger())
+
+    stage_task.__name__ = stage_task.__qualname__ = f"stage_{stage_name}".replace("-", "_").replace(".", "_")
+    if retry_delay_seconds is None:
+        delays: Any = exponential_backoff(10)(max(retries, 1))
+    elif isinstance(retry_delay_seconds, int | float):
+        delays = float(retry_delay_seconds)
+    else:
+        delays = [float(d) for d in retry_delay_seconds]
+    from tasks.prefect_cache import StageCachePolicy
+
+    return task(stage_task, name=stage_name, cache_policy=StageCachePolicy(stage=stage_name), persist_result=True,
+                retries=retries, retry_delay_seconds=delays, retry_condition_fn=retry_on_transient, tags=set(tags),
+                timeout_seconds=timeout_seconds)
+
+
+def bind_stage_task(task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
+    """``task`` with its result storage under the store (``<root>/_prefect/results``) and ``refresh_cache``."""
+    from tasks.prefect_cache import result_dir_for
+
+    return task.with_options(result_storage=result_dir_for(store), refresh_cache=refresh or None)
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure is transient."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run context
+        return logging.getLogger("ddflow.stage")

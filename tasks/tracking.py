@@ -1,0 +1,409 @@
+"""MLflow tracking for pipeline runs: one parent run per flow run, one nested run per stage.
+
+``mlflow`` is imported lazily. Every call goes through :meth:`Tracker._guard`: if the tracking store
+is unreachable at start (bad URI, server down, sqlite path not writable) or fails mid-run, the
+tracker warns once (one log line on ``ddflow.tracking``) and becomes a no-op, so the pipeline still
+finishes; the lineage is in the artifact store's ``ref.json`` files either way.
+
+Each stage run records: params = the flattened resolved stage config + ``config_digest`` and
+``stage_key``; tags = stage, stage key, output digest/uri/kind, Prefect flow/task run ids, code
+version; metrics (batched, with steps); inputs = one ``MetaDataset`` per upstream artifact carrying
+our digest (``sha256[:16]``; MLflow's own digest only samples the data); artifacts = ``ref.json`` and
+whatever the stage logs. MLflow has no output-dataset API, so the output is recorded as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ddcore.config import StageConfig
+from tasks.refs import ArtifactRef, code_version, code_version_label
+
+log = logging.getLogger("ddflow.tracking")
+T = TypeVar("T")
+
+_WARNED: set[str] = set()
+_WARNED_GUARD = threading.Lock()
+_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class Tracker:
+    """MLflow tracking that never stops the pipeline.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:////abs/mlflow.db``, ``http://host:5000``, ...);
+            ``None`` makes a no-op tracker.
+        experiment: experiment name (created when missing).
+        artifact_location: where a newly created experiment stores artifacts (default: MLflow's).
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str = "ddflow", *,
+                 artifact_location: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.artifact_location = artifact_location
+        self.enabled = tracking_uri is not None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: Any = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_store(cls, store: Any, experiment: str = "ddflow", tracking_uri: str | None = None) -> Tracker:
+        """Tracker for a pipeline over ``store``: ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
+        ``sqlite:///<root>/mlflow.db`` for a local root (artifacts in ``<root>/mlartifacts``), else no-op."""
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None
+        if store.is_local:
+            artifacts = Path(store.root, "mlartifacts").as_uri()
+            uri = uri or f"sqlite:///{store.root}/mlflow.db"
+        return cls(uri, experiment, artifact_location=artifacts)
+
+    @classmethod
+    def disabled(cls) -> Tracker:
+        return cls(None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.tracking_uri!r}, {self.experiment!r}, enabled={self.enabled})"
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop the pipeline
+            self._disable(what, exc)
+            return None
+
+    def _disable(self, what: str, exc: BaseException) -> None:
+        self.enabled = False
+        msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        with _WARNED_GUARD:
+            if self.tracking_uri in _WARNED:
+                return
+            _WARNED.add(str(self.tracking_uri))
+        log.warning("MLflow tracking at %s is unavailable (%s while %s: %s); continuing without tracking, "
+                    "lineage is still written to ref.json", self.tracking_uri, type(exc).__name__, what, msg)
+
+    def client(self) -> Any:
+        """The ``MlflowClient`` (created, checked and bound to the experiment on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> Any:
+        uri = str(self.tracking_uri)
+        if uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=3):  # noqa: S310 - user-given URI
+                pass
+        elif uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+                raise PermissionError(f"{db} is not writable")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            self.experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        else:
+            self.experiment_id = exp.experiment_id
+        return client
+
+    def start(self) -> bool:
+        """Connect now (so an unreachable store is reported before the first stage); ``True`` when usable."""
+        return self._guard("connecting", self.client) is not None
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(self, name: str, *, params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None) -> str | None:
+        """Open the parent run of a pipeline execution; returns its id (``None`` when disabled)."""
+        def go() -> str:
+            client = self.client()
+            all_tags = {**default_tags(), "ddflow.role": "pipeline", **{k: str(v) for k, v in (tags or {}).items()}}
+            run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            self._log_batch(run.info.run_id, params=params or {})
+            return run.info.run_id
+
+        self.parent_run_id = self._guard("starting the pipeline run", go)
+        return self.parent_run_id
+
+    def log_parent_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file (summary.json, a plot) into the parent run's artifacts."""
+        if self.parent_run_id is None:
+            return
+        run_id = self.parent_run_id
+        self._guard("logging a run artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
+
+    def end_run(self, *, failed: bool = False) -> None:
+        if self.parent_run_id is None:
+            return
+        run_id = self.parent_run_id
+        self._guard("ending the pipeline run",
+                    lambda: self.client().set_terminated(run_id, "FAILED" if failed else "FINISHED"))
+
+    def start_stage(self, stage: str, key: str, config: StageConfig, inputs: Mapping[str, ArtifactRef], *,
+                    kind: str, status: str = "running") -> StageRun:
+        """Open the nested run of one stage (params, tags, input datasets)."""
+        def go() -> str:
+            client = self.client()
+            tags = {**default_tags(), "ddflow.role": "stage", "ddflow.stage": stage, "ddflow.stage_key": key,
+                    "ddflow.kind": kind, "ddflow.status": status}
+            if self.parent_run_id:
+                tags[PARENT_TAG] = self.parent_run_id
+            run = client.create_run(self.experiment_id, run_name=stage, tags=tags)
+            run_id = run.info.run_id
+            params = {**flatten(config.model_dump(mode="json")), "config_digest": config.digest(), "stage_key": key}
+            self._log_batch(run_id, params=params)
+            self._log_inputs(run_id, inputs)
+            return run_id
+
+        return StageRun(self, self._guard(f"starting stage {stage}", go))
+
+    def record_cached(self, stage: str, ref: ArtifactRef, config: StageConfig,
+                      inputs: Mapping[str, ArtifactRef]) -> None:
+        """A finished nested run for a stage whose output was reused (``ddflow.status=cached``)."""
+        run = self.start_stage(stage, ref.key, config, inputs, kind=ref.kind, status="cached")
+        run.finish(ref, {}, status=None)
+
+    def run_tags(self, run_id: str) -> dict[str, str] | None:
+        """Tags of run ``run_id`` (used by lineage to map a run to its output), ``None`` when unavailable."""
+        run = self._guard("reading a run", lambda: self.client().get_run(run_id))
+        return None if run is None else dict(run.data.tags)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _log_batch(self, run_id: str, *, params: Mapping[str, Any] = (), tags: Mapping[str, Any] = (),
+                   metrics: list[tuple[str, float, int]] = ()) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self.client()
+        ps = [Param(k[:250], _clip(v, 6000)) for k, v in dict(params).items()]
+        ts = [RunTag(k[:250], _clip(v, 8000)) for k, v in dict(tags).items()]
+        now = int(time.time() * 1000)
+        ms = [Metric(_metric_key(k), float(v), now, int(step)) for k, v, step in metrics]
+        for i in range(0, max(len(ps), len(ts), 1), 100):
+            if ps[i:i + 100] or ts[i:i + 100]:
+                client.log_batch(run_id, params=ps[i:i + 100], tags=ts[i:i + 100])
+        for i in range(0, len(ms), 1000):
+            client.log_batch(run_id, metrics=ms[i:i + 1000])
+
+    def _log_inputs(self, run_id: str, inputs: Mapping[str, ArtifactRef]) -> None:
+        if not inputs:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        datasets = []
+        for name in sorted(inputs):
+            ref = inputs[name]
+            ds = MetaDataset(source=artifact_source(ref.uri), name=f"{ref.stage}/{ref.key}", digest=ref.short)
+            tags = [InputTag("mlflow.data.context", name), InputTag("ddflow.stage", ref.stage),
+                    InputTag("ddflow.stage_key", ref.key), InputTag("ddflow.kind", ref.kind),
+                    InputTag("ddflow.sha256", ref.sha256)]
+            datasets.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags))
+        self.client().log_inputs(run_id, datasets=datasets)
+
+
+class StageRun:
+    """The nested MLflow run of one stage execution; every method is a no-op when tracking is off."""
+
+    def __init__(self, tracker: Tracker, run_id: str | None) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self._pending: list[tuple[str, float, int]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None and self.tracker.enabled
+
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Buffer numeric ``metrics`` at ``step``; flushed in batches of 500 and at the end."""
+        if not self.active:
+            return
+        with self._lock:
+            self._pending.extend((k, float(v), int(step)) for k, v in metrics.items() if _is_number(v))
+            flush = len(self._pending) >= 500
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending and self.active:
+            run_id = str(self.run_id)
+            self.tracker._guard("logging metrics", lambda: self.tracker._log_batch(run_id, metrics=pending))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file (an image, a report) into the run's artifacts."""
+        if self.active:
+            run_id = str(self.run_id)
+            self.tracker._guard("logging an artifact",
+                                lambda: self.tracker.client().log_artifact(run_id, str(path), artifact_path))
+
+    def finish(self, ref: ArtifactRef, metrics: Mapping[str, Any], *, ref_file: str | None = None,
+               status: str | None = "computed") -> None:
+        """Log the final metrics, the output tags (and ``ref.json``), and close the run as FINISHED."""
+        self.flush()
+        if not self.active:
+            return
+        run_id = str(self.run_id)
+        tags = {"ddflow.output_digest": ref.sha256, "ddflow.output_uri": ref.uri, "ddflow.kind": ref.kind,
+                **{f"result.{k}": v for k, v in metrics.items() if not _is_number(v)}}
+        if status:
+            tags["ddflow.status"] = status
+        final = [(k, float(v), 0) for k, v in metrics.items() if _is_number(v)]
+
+        def go() -> None:
+            self.tracker._log_batch(run_id, tags=tags, metrics=final)
+            if ref_file and Path(ref_file).is_file():
+                self.tracker.client().log_artifact(run_id, ref_file, "ddflow")
+            self.tracker.client().set_terminated(run_id, "FINISHED")
+
+        self.tracker._guard("finishing a stage run", go)
+
+    def fail(self, exc: BaseException) -> None:
+        self.flush()
+        if self.active:
+            run_id = str(self.run_id)
+            msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+            def go() -> None:
+                self.tracker._log_batch(run_id, tags={"ddflow.status": "failed", "ddflow.error": msg})
+                self.tracker.client().set_terminated(run_id, "FAILED")
+
+            self.tracker._guard("failing a stage run", go)
+
+
+def default_tags() -> dict[str, str]:
+    """Code version and, inside a Prefect run, the flow/task run ids."""
+    version = code_version()
+    tags = {"ddflow.code_version": code_version_label(version), "ddflow.version": str(version.get("ddflow"))}
+    if version.get("git"):
+        tags["ddflow.git_commit"] = str(version["git"])
+    tags.update(prefect_ids())
+    return tags
+
+
+def prefect_ids() -> dict[str, str]:
+    """``prefect.flow_run_id`` / ``prefect.task_run_id`` when running under Prefect (never imports it)."""
+    if "prefect" not in sys.modules:
+        return {}
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        out: dict[str, str] = {}
+        if (fctx := FlowRunContext.get()) is not None and fctx.flow_run is not None:
+            out["prefect.flow_run_id"] = str(fctx.flow_run.id)
+            out["prefect.flow_run_name"] = str(fctx.flow_run.name)
+        if (tctx := TaskRunContext.get()) is not None:
+            out["prefect.task_run_id"] = str(tctx.task_run.id)
+            out["prefect.flow_run_id"] = str(tctx.task_run.flow_run_id)
+        return out
+    except Exception:  # noqa: BLE001 - best effort
+        return {}
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and scalars become their JSON-ish text."""
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{name}."))
+        else:
+            out[name] = _clip(v, 6000)
+    return out
+
+
+def artifact_source(uri: str) -> Any:
+    """An MLflow ``DatasetSource`` naming a ddflow artifact folder (any fsspec URL)."""
+    from mlflow.data import dataset_source_registry as registry
+
+    cls = _source_class()
+    if cls not in registry.get_registered_sources():
+        registry.register_dataset_source(cls)
+    return cls(uri)
+
+
+_SOURCE_CLASS: Any = None
+
+
+def _source_class() -> Any:
+    global _SOURCE_CLASS
+    if _SOURCE_CLASS is None:
+        from mlflow.data.dataset_source import DatasetSource
+
+        class DDFlowArtifactSource(DatasetSource):
+            """A ddflow artifact folder; ``load()`` returns its URI (read it with ddflow)."""
+
+            def __init__(self, uri: str) -> None:
+                self.uri = uri
+
+            @staticmethod
+            def _get_source_type() -> str:
+                return "ddflow_artifact"
+
+            def load(self) -> str:
+                return self.uri
+
+            @staticmethod
+            def _can_resolve(raw_source: Any) -> bool:
+                return False  # never claimed implicitly; we construct it explicitly
+
+            @classmethod
+            def _resolve(cls, raw_source: Any) -> DDFlowArtifactSource:
+                return cls(str(raw_source))
+
+            def to_dict(self) -> dict[str, Any]:
+                return {"uri": self.uri}
+
+            @classmethod
+            def from_dict(cls, source_dict: dict[Any, Any]) -> DDFlowArtifactSource:
+                return cls(str(source_dict["uri"]))
+
+        _SOURCE_CLASS = DDFlowArtifactSource
+    return _SOURCE_CLASS
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _metric_key(k: str) -> str:
+    return _METRIC_KEY.sub("_", str(k))[:250]
+
+
+def _clip(v: Any, n: int) -> str:
+    if isinstance(v, str):
+        s = v
+    elif v is None or isinstance(v, bool | list | dict):
+        s = json.dumps(v, sort_keys=True, default=str)
+    else:
+        s = str(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
