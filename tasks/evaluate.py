@@ -16,6 +16,7 @@ from typing import Any
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.data import storage as fsio
 from ddcore.data.synthetic_io import load_synthetic
+from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.train import train_and_evaluate
@@ -24,6 +25,14 @@ from tasks.refs import ArtifactRef
 from tasks.stage import StageContext, make_stage_task
 
 RESULTS = "results.json"
+
+
+def test_split(data: Any) -> str:
+    """The held-out split to test on: ``test``, else ``val`` (ImageNet-style folders)."""
+    for split in ("test", "val"):
+        if split in data.meta.counts:
+            return split
+    raise DataError(f"dataset {data.uri} has no test or val split; ingest one (e.g. --test-fraction 0.1)")
 
 
 def _round(ckpt: str, i: int, fn: Any) -> dict:
@@ -59,7 +68,7 @@ def read_results(uri: str) -> dict:
 def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
-    test_x, test_y = data.load_split("test")
+    test_x, test_y = data.load_split(test_split(data))
     sset = load_synthetic(inputs["synthetic"].uri)
     ec = config.eval
     rounds = []
@@ -86,7 +95,7 @@ def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: 
 def baseline_stage(inputs: dict[str, ArtifactRef], config: BaselineEvalConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
-    test_x, test_y = data.load_split("test")
+    test_x, test_y = data.load_split(test_split(data))
     real = ArtifactSampler(data, "train")
     ec, k = config.eval, data.meta.num_classes
     rounds = []
