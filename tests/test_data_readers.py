@@ -102,3 +102,14 @@ def test_synthetic_nan_refused(tmp_path: Path) -> None:
     with pytest.raises(DistillationError):
         save_synthetic(s, tmp_path / "syn", classes=["a", "b", "c"], source={})
     assert not (tmp_path / "syn").exists()
+
+
+def test_weights_and_soft_labels_are_part_of_the_digest(tmp_path: Path) -> None:
+    """Two sets with the same images but other weights (DDOQ vs D4M) or soft labels differ in digest."""
+    s = _sset()
+    a = save_synthetic(s, tmp_path / "a", classes=["a", "b", "c"], source={})
+    s.weights = torch.ones_like(s.weights)
+    b = save_synthetic(s, tmp_path / "b", classes=["a", "b", "c"], source={})
+    s.soft_labels = torch.roll(s.soft_labels, 1, dims=1)
+    c = save_synthetic(s, tmp_path / "c", classes=["a", "b", "c"], source={})
+    assert len({a.digest, b.digest, c.digest}) == 3

@@ -37,6 +37,7 @@ class DatasetArtifact:
         self.sha = cols["sha256"]
         self.offsets = np.asarray(cols["offset"], dtype=np.int64)
         self.sizes = np.asarray(cols["size"], dtype=np.int64)
+        self.soft_sha = cols.get("soft_sha256") or [None] * len(self.keys)
         w = cols.get("weight")
         self.weights = None if w is None or all(v is None for v in w) else np.asarray(
             [np.nan if v is None else v for v in w], dtype=np.float64
@@ -178,10 +179,17 @@ class DatasetArtifact:
             with self.fs.open(fsio.join(self.path, shard), "rb") as f, tarfile.open(fileobj=f) as tar:
                 for m in tar:
                     if m.name.endswith(".soft.npy"):
-                        found[m.name[: -len(".soft.npy")]] = codec.decode_npy(tar.extractfile(m).read())
+                        found[m.name[: -len(".soft.npy")]] = tar.extractfile(m).read()  # type: ignore[union-attr]
         if not found:
             return None
-        return torch.from_numpy(np.stack([found[self.keys[r]] for r in rows]).astype(np.float32))
+        arrays = []
+        for r in rows:
+            data = found.get(self.keys[r])
+            if data is None or hashlib.sha256(data).hexdigest() != self.soft_sha[r]:
+                raise ArtifactError(f"artifact at {self.uri}: soft label of {self.keys[r]} is missing or altered; "
+                                    "delete and rebuild")
+            arrays.append(codec.decode_npy(data))
+        return torch.from_numpy(np.stack(arrays).astype(np.float32))
 
 
 def normalize_uint8(arr: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -19,7 +19,7 @@ import pyarrow as pa
 FORMAT_VERSION = 1
 MANIFEST = "manifest.parquet"
 METADATA = "dataset.json"
-DIGEST_COLUMNS = ("key", "split", "label", "shard", "sha256")
+DIGEST_COLUMNS = ("key", "split", "label", "shard", "sha256", "weight", "soft_sha256")
 
 
 @dataclass
@@ -71,11 +71,17 @@ class DatasetMeta:
 
 
 def manifest_digest(table: pa.Table) -> str:
-    """sha256 over ``key,split,label,shard,sha256`` lines of the manifest, in row order."""
+    """sha256 over ``key,split,label,shard,sha256,weight,soft_sha256`` lines of the manifest, in row order.
+
+    Weights and soft labels are part of what a set *is* (a weighted DDOQ set and the uniform D4M set
+    of the same images must not share a digest); absent values render as empty fields.
+    """
     h = hashlib.sha256()
-    cols = [table.column(c).to_pylist() for c in DIGEST_COLUMNS]
+    cols = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+            for c in DIGEST_COLUMNS]
     for row in zip(*cols, strict=True):
-        h.update((",".join(str(v) for v in row) + "\n").encode())
+        h.update((",".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in row)
+                  + "\n").encode())
     return h.hexdigest()
 
 

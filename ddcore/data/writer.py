@@ -176,8 +176,10 @@ class ArtifactWriter:
         if weight is not None:
             record["weight"] = float(weight)
         sample["json"] = codec.encode_json(record)
+        soft_sha = None
         if soft is not None:
             sample["soft.npy"] = codec.encode_npy(np.asarray(soft, np.float32))
+            soft_sha = hashlib.sha256(sample["soft.npy"]).hexdigest()
         if self._stats_split is None or split == "train":
             if self._stats_split != split:
                 self._stats_split = split
@@ -193,7 +195,7 @@ class ArtifactWriter:
         self._record_offset(shard[2], key, sample, start, tar.offset)
         self._keys.add(key)
         self._rows[split].append(
-            (key, split, label, shard[2], hashlib.sha256(payload).hexdigest(), weight)
+            (key, split, label, shard[2], hashlib.sha256(payload).hexdigest(), weight, soft_sha)
         )
         self._in_shard[split] += 1
         if self._in_shard[split] >= self.shard_size:
@@ -252,6 +254,7 @@ class ArtifactWriter:
                 "offset": pa.array([offsets[(r[3], r[0])][0] for r in rows], pa.int64()),
                 "size": pa.array([offsets[(r[3], r[0])][1] for r in rows], pa.int64()),
                 "weight": pa.array([r[5] for r in rows], pa.float64()),
+                "soft_sha256": pa.array([r[6] for r in rows], pa.string()),
             }
         )
         with fsio.open_write(self.fs, fsio.join(self.tmp, MANIFEST)) as f:
