@@ -195,5 +195,59 @@ def _prefect_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="Digest or stage-key prefix, artifact folder, or MLflow run id.")],
+    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tree as JSON.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI to resolve run ids (default "
+                                                     "$MLFLOW_TRACKING_URI or <root>/mlflow.db if present).")]
+    = None,
+) -> None:
+    """Show where an artifact comes from: the chain of stages back to the source data (from ref.json files)."""
+    try:
+        from flows.orchestration import default_root
+        from tasks.lineage import build_lineage, lineage_json, lineage_tree, resolve_record
+        from tasks.store import ArtifactStore
+        from tasks.tracking import Tracker
+
+        store = ArtifactStore(default_root(root))
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None and store.is_local and Path(store.root, "mlflow.db").is_file():
+            uri = f"sqlite:///{store.root}/mlflow.db"
+        node = build_lineage(store, resolve_record(store, ref, tracker=Tracker(uri) if uri else None))
+    except DDFlowError as exc:
+        fail(exc)
+    if as_json:
+        console.print_json(json.dumps(lineage_json(node)))
+    else:
+        console.print(lineage_tree(node))
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML config to run on the schedule.")],
+    cron: Annotated[str | None, typer.Option(help="Cron schedule (UTC), e.g. '0 3 * * *'.")] = None,
+    interval: Annotated[float | None, typer.Option(help="Run every N seconds.")] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name (default from the config and schedule).")]
+    = None,
+    entrypoint: Annotated[str, typer.Option(help="Flow to serve, path.py:function.")]
+    = "flows/distill.py:distill_flow",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
+    root: Annotated[str | None, typer.Option(help="Artifact root passed to the flow.")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Stage to recompute on every run.")] = None,
+    limit: Annotated[int, typer.Option(help="Concurrent runs of this serving process.")] = 1,
+) -> None:
+    """Serve CONFIG on a cron or interval schedule (needs 'prefect server start' and PREFECT_API_URL)."""
+    try:
+        _prefect_env()
+        from flows.serve import serve as serve_config
+
+        serve_config(config, cron=cron, interval=interval, name=name, entrypoint=entrypoint, overrides=overrides,
+                     root=root, force=force, limit=limit)
+    except DDFlowError as exc:
+        fail(exc)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -66,14 +66,16 @@ class PipelineRun:
         self.tracker = tracker or Tracker.disabled()
         self.force = {str(s) for s in force}
         if stages is not None:
-            unknown = sorted(self.force - set(stages))
+            names = [str(s) for s in stages]
+            unknown = sorted(self.force - set(names))
             if unknown:
-                raise ConfigError(f"force: unknown stage {unknown[0]!r}; choose from {', '.join(stages)}")
+                raise ConfigError(f"force: unknown stage {unknown[0]!r}; choose from {', '.join(names)}")
         self.run_name, self.params, self.tags = run_name, dict(params or {}), dict(tags or {})
         self.outcomes: dict[str, str] = {}
         self.refs: dict[str, ArtifactRef] = {}
         self._refreshed: set[str] = set()
-        self._futures: dict[int, tuple[str, StageConfig, dict[str, Any]]] = {}
+        self._futures: dict[int, tuple[str, StageConfig, dict[str, Any], Any]] = {}  # id -> (..., future)
+        self._results: dict[int, ArtifactRef] = {}
 
     def __enter__(self) -> PipelineRun:
         self.tracker.start()
@@ -127,15 +129,18 @@ class PipelineRun:
         bound, forced = self._bound(task, inputs)
         future = bound.submit(store=self.store, config=config, inputs=inputs, tracker=self.tracker, force=forced,
                               device=device, wait_for=wait_for)
-        self._futures[id(future)] = (str(task.name), config, inputs)
+        self._futures[id(future)] = (str(task.name), config, inputs, future)
         return future
 
     def result(self, future: Any) -> ArtifactRef:
         """Wait for a future from :meth:`submit` and return its output ref (raises :class:`StageError`)."""
-        stage, config, inputs = self._futures[id(future)]
+        if id(future) in self._results:
+            return self._results[id(future)]
+        stage, config, inputs, _ = self._futures[id(future)]
         future.wait()
         resolved = {k: self.result(v) if id(v) in self._futures else v for k, v in inputs.items()}
-        return self._finish(stage, future.state, config, resolved)
+        ref = self._results[id(future)] = self._finish(stage, future.state, config, resolved)
+        return ref
 
     def _finish(self, stage: str, state: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef:
         if not state.is_completed():
