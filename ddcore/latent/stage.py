@@ -97,7 +97,8 @@ def train_or_load_vae(
         return load_pretrained_vae(out).to(device).eval(), folder_digest(out)
     c, h, w = art.meta.image_shape
     vae = build_vae(cfg, c, (h, w)).to(device)
-    stats = train_vae(vae, ArtifactSampler(art, "train"), cfg, checkpoint_dir=checkpoint_dir, progress=log)
+    stats = train_vae(vae, ArtifactSampler(art, "train", keep=_subset(art, cfg)), cfg, checkpoint_dir=checkpoint_dir,
+                      progress=log)
     record["history"] = {"loss": stats.epoch_loss, "recon": stats.epoch_recon, "kl": stats.epoch_kl}
     record["seeds"] = stats.seeds
 
@@ -252,3 +253,11 @@ def ddoq_stage(
         res[f"w2_reduction_c{k}"] = r["reduction"]
         res[f"kmeans_seconds_c{k}"] = keep.quantize_seconds[k]
     return res
+
+
+def _subset(art: DatasetArtifact, cfg: VAEConfig) -> list[np.ndarray] | None:
+    """Seeded per-class subset of the train split for VAE training (``max_train_per_class``)."""
+    if cfg.max_train_per_class is None:
+        return None
+    rng = np.random.default_rng(derive_seed(cfg.seed, "vae-subset"))
+    return [np.sort(rng.permutation(len(rows))[: cfg.max_train_per_class]) for rows in art.class_rows("train")]

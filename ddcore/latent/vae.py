@@ -72,6 +72,7 @@ class VAEConfig(StageConfig):
     weight_decay: float = Field(0.01, ge=0.0)  # torch AdamW default
     seed: int = 0
     scaling_factor: float = Field(0.18215, gt=0.0)  # SD v1.x value
+    max_train_per_class: int | None = Field(None, ge=1)  # train on a seeded subset (None: every image)
 
     @model_validator(mode="after")
     def _check(self) -> VAEConfig:
