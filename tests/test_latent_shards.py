@@ -16,13 +16,8 @@ from ddcore.data import ArtifactWriter, open_artifact
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import ArtifactError
 from ddcore.latent.ddoq import DDOQConfig
-from ddcore.latent.shards import (
-    LATENT_META,
-    encode_dataset,
-    latents_by_class,
-    open_latents,
-    pixel_batch,
-)
+from ddcore.latent.reader import LATENT_META, latents_by_class, open_latents
+from ddcore.latent.shards import encode_dataset, pixel_batch
 from ddcore.latent.stage import ddoq_stage, encode_latents_stage, train_or_load_vae
 from ddcore.latent.vae import VAEConfig, build_vae, encode
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from ddcore.errors import ConfigError, WeightsError
+from ddcore.latent.folders import check_model_folder
 from ddcore.latent.vae import (
     VAEConfig,
     build_vae,
-    check_model_folder,
     decode,
     encode,
     load_pretrained_vae,

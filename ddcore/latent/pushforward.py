@@ -35,7 +35,8 @@ from pydantic import Field
 
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, WeightsError
-from ddcore.latent.vae import decode, derive_seed, import_diffusers, load_model_folder, save_folder_atomic
+from ddcore.latent.folders import load_model_folder, save_folder_atomic
+from ddcore.latent.vae import decode, derive_seed, import_diffusers
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DModel

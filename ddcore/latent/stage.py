@@ -21,17 +21,16 @@ from ddcore.data.loader import ArtifactSampler
 from ddcore.data.synthetic_io import save_synthetic
 from ddcore.errors import ArtifactError, WeightsError
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
+from ddcore.latent.folders import check_model_folder, folder_digest, save_folder_atomic
 from ddcore.latent.kmeans import cell_masses, w2_uniform, w2_weighted
-from ddcore.latent.shards import encode_dataset, latents_by_class, open_latents
+from ddcore.latent.reader import latents_by_class, open_latents
+from ddcore.latent.shards import encode_dataset
 from ddcore.latent.vae import (
     VAEConfig,
     build_vae,
-    check_model_folder,
     decode,
     derive_seed,
-    folder_digest,
     load_pretrained_vae,
-    save_folder_atomic,
     train_vae,
 )
 
@@ -70,7 +69,7 @@ def train_or_load_vae(
 
     - ``cfg.source='pretrained'``: ``config.json`` and the weights file of ``cfg.pretrained_path`` are
       copied byte for byte into ``out_dir`` (atomically) and loaded; the digest is
-      :func:`~ddcore.latent.vae.folder_digest` of ``out_dir`` (those two files).
+      :func:`~ddcore.latent.folders.folder_digest` of ``out_dir`` (those two files).
     - ``cfg.source='train'``: if ``out_dir`` already holds a VAE trained with the same config on the same
       dataset digest (``training.json``), it is loaded; otherwise a VAE is built for the dataset's image
       shape and trained on its ``train`` split through :class:`~ddcore.data.loader.ArtifactSampler`
