@@ -119,27 +119,11 @@ class DatasetArtifact:
     def read_raw(self, rows: np.ndarray) -> list[bytes]:
         """Payload bytes of the primary field of ``rows``, checked against their sha256."""
         rows = np.asarray(rows, dtype=np.int64)
-        out: list[bytes | None] = [None] * len(rows)
-        by_shard: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_shard.setdefault(self.shards[r], []).append(i)
-        for shard, positions in by_shard.items():
-            positions.sort(key=lambda i: self.offsets[rows[i]])
-            with self.fs.open(fsio.join(self.path, shard), "rb") as f:
-                count = self.meta.shards.get(shard, {}).get("count", 1) or 1
-                if len(positions) * 8 >= count:
-                    blob = f.read()
-                    for i in positions:
-                        r = rows[i]
-                        out[i] = blob[self.offsets[r] : self.offsets[r] + self.sizes[r]]
-                else:
-                    for i in positions:
-                        r = rows[i]
-                        f.seek(int(self.offsets[r]))
-                        out[i] = f.read(int(self.sizes[r]))
-        for i, r in enumerate(rows):
-            data = out[i]
-            if data is None or hashlib.sha256(data).hexdigest() != self.sha[r]:
+        counts = {name: int(info.get("count", 1)) for name, info in self.meta.shards.items()}
+        out = fsio.read_checked_ranges(self.fs, self.path, rows, shards=self.shards, offsets=self.offsets,
+                                       sizes=self.sizes, sha256=self.sha, shard_counts=counts)
+        for data, r in zip(out, rows, strict=True):
+            if data is None:
                 raise ArtifactError(
                     f"artifact at {self.uri}: sample {self.keys[r]} fails its sha256 check; delete and rebuild"
                 )

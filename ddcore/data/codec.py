@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,11 @@ def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
         channels: force 1 (L) or 3 (RGB) channels; ``None`` keeps 1 for greyscale, else 3.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; refuse those images too, whatever the warning filters
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise DataError(
@@ -59,7 +64,7 @@ def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
             if mode is None:
                 mode = "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
             arr = np.asarray(img.convert(mode))
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"refused a decompression bomb: {exc}") from None
     except (OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode image: {exc}") from None

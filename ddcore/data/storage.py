@@ -12,7 +12,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -86,3 +86,37 @@ def open_write(fs: fsspec.AbstractFileSystem, path: str) -> BinaryIO:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     return fs.open(path, "wb")
+
+
+def read_checked_ranges(fs: fsspec.AbstractFileSystem, base: str, rows: Any, *, shards: Any, offsets: Any,
+                        sizes: Any, sha256: Any, shard_counts: dict[str, int]) -> list[bytes | None]:
+    """Byte ranges ``rows`` of shard files under ``base``; ``None`` where a range fails its sha256.
+
+    Rows are grouped per shard and read in offset order: a shard from which at least 1/8 of its
+    samples are wanted is read whole, otherwise each range is read with a seek.
+
+    Args:
+        rows: int64 ``[n]`` manifest rows; ``shards``, ``offsets``, ``sizes``, ``sha256`` are the
+            manifest columns (indexable by row); ``shard_counts`` maps shard name -> samples in it.
+    """
+    out: list[bytes | None] = [None] * len(rows)
+    by_shard: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_shard.setdefault(shards[r], []).append(i)
+    for shard, positions in by_shard.items():
+        positions.sort(key=lambda i: offsets[rows[i]])
+        with fs.open(join(base, shard), "rb") as f:
+            if len(positions) * 8 >= max(int(shard_counts.get(shard, 1) or 1), 1):
+                blob = f.read()
+                for i in positions:
+                    o = int(offsets[rows[i]])
+                    out[i] = blob[o : o + int(sizes[rows[i]])]
+            else:
+                for i in positions:
+                    f.seek(int(offsets[rows[i]]))
+                    out[i] = f.read(int(sizes[rows[i]]))
+    for i, r in enumerate(rows):
+        data = out[i]
+        if data is not None and hashlib.sha256(data).hexdigest() != sha256[r]:
+            out[i] = None
+    return out

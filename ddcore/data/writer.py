@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import tarfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,18 @@ from ddcore.errors import ArtifactError, DataError
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 BLOCK = 512
 DEFAULT_SHARD_SIZE = 5000
+
+
+@contextmanager
+def disk_errors(where: str) -> Iterator[None]:
+    """Turn "no space left on device" (or "quota exceeded") while writing ``where`` into one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ArtifactError(f"no space left on device while writing {where}; free space there or choose "
+                            "another --out / --root") from exc
 
 
 def check_key(key: str) -> str:
@@ -105,11 +120,11 @@ class ArtifactWriter:
     def abort(self) -> None:
         """Close open shards and delete the temporary folder."""
         for sink, fobj, _ in self._open.values():
-            try:
-                sink.close()
-                fobj.close()
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
+            for closable in (sink, fobj):
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001 - best effort cleanup (e.g. the disk is full)
+                    pass
         self._open.clear()
         fsio.remove_quietly(self.fs, self.tmp)
 
@@ -188,10 +203,11 @@ class ArtifactWriter:
                 self._sums += pix.sum(0)
                 self._sq += (pix**2).sum(0)
                 self._npix += pix.shape[0]
-        shard = self._sink(split)
-        tar = shard[0].tarstream
-        start = tar.offset
-        shard[0].write(sample)
+        with disk_errors(self._where(split)):
+            shard = self._sink(split)
+            tar = shard[0].tarstream
+            start = tar.offset
+            shard[0].write(sample)
         self._record_offset(shard[2], key, sample, start, tar.offset)
         self._keys.add(key)
         self._rows[split].append(
@@ -199,7 +215,12 @@ class ArtifactWriter:
         )
         self._in_shard[split] += 1
         if self._in_shard[split] >= self.shard_size:
-            self._close(split)
+            with disk_errors(self._where(split)):
+                self._close(split)
+
+    def _where(self, split: str) -> str:
+        name = self._open[split][2] if split in self._open else f"{split}-{self._shard_no[split]:06d}.tar"
+        return f"{self.final} ({name})"
 
     def _sink(self, split: str) -> tuple[Any, Any, str]:
         if split not in self._open:
@@ -215,8 +236,10 @@ class ArtifactWriter:
 
     def _close(self, split: str) -> None:
         sink, fobj, name = self._open.pop(split)
-        sink.close()
-        fobj.close()
+        try:
+            sink.close()
+        finally:
+            fobj.close()
         self._shard_names.append(name)
 
     # -- publishing ------------------------------------------------------------------------
@@ -227,6 +250,10 @@ class ArtifactWriter:
             require_all_classes: a split in which every class must have at least one sample
                 (``None`` disables the check).
         """
+        with disk_errors(self.final):
+            return self._commit(require_all_classes)
+
+    def _commit(self, require_all_classes: str | None) -> DatasetMeta:
         for split in list(self._open):
             self._close(split)
         if not self._rows:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ddcore.augment.dsa import apply, draw_params
+from ddcore.augment.dsa import DSAParams, draw_params
+from ddcore.distill.batches import siamese_batches
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
 from ddcore.nets.fast import fast_embed, prepare
@@ -80,22 +81,18 @@ class MatchingStep:
 
     def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor,
                     generator: torch.Generator) -> float:
-        real_aug, syn_aug, real_lab, syn_lab = [], [], [], []
-        shape = tuple(syn.shape[1:])
-        for c in chunk:
-            real = self.sampler.sample(c, self.cfg.batch_real, generator).to(self.device)
-            params = draw_params(self.cfg.dsa_strategy, batch=real.shape[0], image_shape=shape,
-                                 generator=generator, siamese=True)
-            mine = syn[labels == c]
-            real_aug.append(apply(real, params))
-            syn_aug.append(apply(mine, params))
-            real_lab.append(torch.full((real.shape[0],), c, dtype=torch.int64))
-            syn_lab.append(torch.full((mine.shape[0],), c, dtype=torch.int64))
+        cfg = self.cfg
+
+        def draw(n: int, shape: tuple[int, ...], g: torch.Generator) -> DSAParams:
+            return draw_params(cfg.dsa_strategy, batch=n, image_shape=shape, generator=g, siamese=True)  # type: ignore[arg-type]
+
+        b = siamese_batches(self.sampler, chunk, syn, labels, batch_real=cfg.batch_real, draw=draw,
+                            generator=generator, device=self.device)
         with torch.no_grad():
-            fr = embed(self.net, torch.cat(real_aug))
-        fs = embed(self.net, torch.cat(syn_aug))
-        loss = self.loss_fn(fr, fs, real_labels=torch.cat(real_lab).to(self.device),
-                            syn_labels=torch.cat(syn_lab).to(self.device), num_classes=self.sampler.num_classes)
+            fr = embed(self.net, b.real)
+        fs = embed(self.net, b.syn)
+        loss = self.loss_fn(fr, fs, real_labels=b.real_labels, syn_labels=b.syn_labels,
+                            num_classes=self.sampler.num_classes)
         loss.backward()
         return float(loss.detach())
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddcore.augment.dsa import IDC_STRATEGY, apply, draw_sequence, parse_strategy
+from ddcore.augment.dsa import IDC_STRATEGY, DSAParams, apply, draw_sequence, parse_strategy
+from ddcore.distill.batches import siamese_batches
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
@@ -74,27 +75,22 @@ class NCFMStep:
         cfg, o, k = self.cfg, self.cfg.ncfm, self.sampler.num_classes
         final_model = self._pick_net(generator)
         xs, ys = self.decoded(syn, labels)
-        real_aug, syn_aug, real_lab, syn_lab = [], [], [], []
-        shape = tuple(xs.shape[1:])
-        for c in range(k):
-            real = self.sampler.sample(c, cfg.batch_real, generator).to(self.device)
-            params = draw_sequence(self.families, batch=real.shape[0], image_shape=shape,
-                                   generator=generator, siamese=True)
-            mine = xs[ys.to(xs.device) == c]
-            real_aug.append(apply(real, params))
-            syn_aug.append(apply(mine, params))
-            real_lab.append(torch.full((real.shape[0],), c, dtype=torch.int64))
-            syn_lab.append(torch.full((mine.shape[0],), c, dtype=torch.int64))
+        fams = self.families
+
+        def draw(n: int, shape: tuple[int, ...], g: torch.Generator) -> DSAParams:
+            return draw_sequence(fams, batch=n, image_shape=shape, generator=g, siamese=True)  # type: ignore[arg-type]
+
+        b = siamese_batches(self.sampler, range(k), xs, ys, batch_real=cfg.batch_real, draw=draw,
+                            generator=generator, device=self.device)
         with torch.no_grad():
-            fr = fast_embed(self.net, torch.cat(real_aug))
-        fs = fast_embed(self.net, torch.cat(syn_aug))
+            fr = fast_embed(self.net, b.real)
+        fs = fast_embed(self.net, b.syn)
         if self.psi is not None:
             t = self.psi(generator)
         else:
             t = gaussian_frequencies(o.num_freqs, fs.shape[1], generator=generator, device=self.device)
         loss = ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale,
-                                 real_labels=torch.cat(real_lab).to(self.device),
-                                 syn_labels=torch.cat(syn_lab).to(self.device), num_classes=k)
+                                 real_labels=b.real_labels, syn_labels=b.syn_labels, num_classes=k)
         optimizer.zero_grad(set_to_none=True)
         if self.psi_opt is not None:
             self.psi_opt.zero_grad(set_to_none=True)

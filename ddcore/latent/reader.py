@@ -125,25 +125,11 @@ class LatentArtifact:
     def read_raw(self, rows: np.ndarray) -> list[bytes]:
         """``npy`` payload bytes of ``rows``, each checked against its sha256."""
         rows = np.asarray(rows, dtype=np.int64)
-        out: list[bytes | None] = [None] * len(rows)
-        by_shard: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_shard.setdefault(self.shards[r], []).append(i)
-        for shard, pos in by_shard.items():
-            pos.sort(key=lambda i: self.offsets[rows[i]])
-            with self.fs.open(fsio.join(self.path, shard), "rb") as f:
-                if len(pos) * 8 >= int(self.meta.shards.get(shard, {}).get("count", 1) or 1):
-                    blob = f.read()
-                    for i in pos:
-                        o = self.offsets[rows[i]]
-                        out[i] = blob[o : o + self.sizes[rows[i]]]
-                else:
-                    for i in pos:
-                        f.seek(int(self.offsets[rows[i]]))
-                        out[i] = f.read(int(self.sizes[rows[i]]))
-        for i, r in enumerate(rows):
-            data = out[i]
-            if data is None or hashlib.sha256(data).hexdigest() != self.sha[r]:
+        counts = {name: int(info.get("count", 1) or 1) for name, info in self.meta.shards.items()}
+        out = fsio.read_checked_ranges(self.fs, self.path, rows, shards=self.shards, offsets=self.offsets,
+                                       sizes=self.sizes, sha256=self.sha, shard_counts=counts)
+        for data, r in zip(out, rows, strict=True):
+            if data is None:
                 raise ArtifactError(f"latents at {self.uri}: sample {self.keys[r]} fails its sha256 check "
                                     "(truncated or altered shard); delete the folder and encode again")
         return out  # type: ignore[return-value]
