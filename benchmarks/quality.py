@@ -32,15 +32,53 @@ from ddcore.evaluate.suite import evaluate_set
 
 BUDGETS = {
     "cpu": {"width": 64, "iterations": {"dm": 400, "hdd": 400, "ncfm": 300}, "batch_real": 64, "num_freqs": 256,
-            "eval_epochs": 300, "num_eval": 3},
+            "eval_epochs": 300, "num_eval": 3, "vae_epochs": 2, "vae_per_class": 500},
     "smoke": {"width": 16, "iterations": {"dm": 5, "hdd": 5, "ncfm": 5}, "batch_real": 16, "num_freqs": 32,
-              "eval_epochs": 3, "num_eval": 2},
+              "eval_epochs": 3, "num_eval": 2, "vae_epochs": 1, "vae_per_class": 20},
     "paper": {"width": 128, "iterations": {"dm": 20000, "hdd": 20000, "ncfm": 20000}, "batch_real": 256,
-              "num_freqs": 4096, "eval_epochs": 1000, "num_eval": 5},
+              "num_freqs": 4096, "eval_epochs": 1000, "num_eval": 5, "vae_epochs": 30, "vae_per_class": 6000},
 }
 
 
-def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, device: str):
+class LatentCache:
+    """A small VAE trained once on a seeded subset, and every train image's latents per class."""
+
+    def __init__(self, sampler: ArtifactSampler, budget: dict, device: str) -> None:
+        import numpy as np
+
+        from ddcore.latent.vae import VAEConfig, build_vae, encode, train_vae
+
+        self.cfg = VAEConfig(epochs=budget["vae_epochs"], batch_size=128, block_out_channels=(16, 32, 32),
+                             norm_num_groups=16, mid_block_attention=False,
+                             max_train_per_class=budget["vae_per_class"])
+        c, h, _ = sampler.image_shape
+        rng = np.random.default_rng(0)
+        keep = [np.sort(rng.permutation(sampler.class_size(k))[: budget["vae_per_class"]])
+                for k in range(sampler.num_classes)]
+        sub = ArtifactSampler(sampler.artifact, "train", keep=keep)
+        t0 = time.perf_counter()
+        self.vae = build_vae(self.cfg, c, h).to(device)
+        train_vae(self.vae, sub, self.cfg)
+        self.vae_seconds = time.perf_counter() - t0
+        m = torch.tensor(sampler.mean).view(1, -1, 1, 1)
+        s = torch.tensor(sampler.std).view(1, -1, 1, 1)
+        self.latents = []
+        for k in range(sampler.num_classes):
+            x = sampler.get(k, torch.arange(sampler.class_size(k)))
+            self.latents.append(encode(self.vae, (x * s + m).clamp(0, 1).to(device)).cpu())
+        self.sampler = sampler
+
+    def distill(self, variant: str, ipc: int):
+        from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
+
+        cfg = DDOQConfig(ipc=ipc, variant=variant)
+        return distill_ddoq(lambda c: iter(self.latents[c].split(1024)), self.vae, cfg,
+                            num_classes=self.sampler.num_classes, mean=self.sampler.mean, std=self.sampler.std,
+                            image_size=self.sampler.image_shape[1])
+
+
+def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, device: str,
+             latents: LatentCache | None = None):
     w = budget["width"]
     if method in ("random", "herding"):
         return select_baseline(sampler, BaselineConfig(method=method, ipc=ipc, width=w, seed=0), device=device)
@@ -52,13 +90,15 @@ def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, devi
         if method == "ncfm":
             kw.update(lr_img=0.01, init="real", ncfm={"num_freqs": budget["num_freqs"], "factor": 1})
         return distill(sampler, DistillConfig(**kw), device=device)
+    if method in ("ddoq", "d4m") and latents is not None:
+        return latents.distill(method, ipc)
     raise SystemExit(f"unknown method {method}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ipcs", default="10")
-    ap.add_argument("--methods", default="random,herding,dm,hdd,ncfm")
+    ap.add_argument("--methods", default="random,herding,dm,hdd,ncfm,ddoq,d4m")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=None, help="existing Fashion-MNIST artifact (else ingested to a temp dir)")
@@ -74,6 +114,7 @@ def main() -> None:
     test_x, test_y = art.load_split("test")
     ecfg = EvalConfig.dm_protocol(epochs=budget["eval_epochs"], width=budget["width"], num_eval=budget["num_eval"])
     rows = []
+    latents = LatentCache(sampler, budget, args.device) if {"ddoq", "d4m"} & set(args.methods.split(",")) else None
     for ipc in [int(v) for v in args.ipcs.split(",")]:
         rdm_accs = []
         for i in range(ecfg.num_eval):
@@ -83,14 +124,15 @@ def main() -> None:
         rm, rs = summarize(rdm_accs)
         for method in args.methods.split(","):
             t0 = time.perf_counter()
-            sset = make_set(method, sampler, ipc, budget, args.device)
+            sset = make_set(method, sampler, ipc, budget, args.device, latents)
             t_set = time.perf_counter() - t0
             res = evaluate_set(sset, test_x, test_y, config=ecfg, device=args.device)
             iors = [ior(a, b) for a, b in zip(res.accs, rdm_accs, strict=True)]
             im, istd = summarize(iors)
             rows.append({"ipc": ipc, "method": method, "acc_mean": res.mean, "acc_std": res.std, "accs": res.accs,
                          "eval_seeds": res.seeds, "random_mean": rm, "random_std": rs, "random_accs": rdm_accs,
-                         "ior": im, "ior_std": istd, "distill_seconds": t_set, "n_images": int(sset.images.shape[0])})
+                         "ior": im, "ior_std": istd, "distill_seconds": t_set, "n_images": int(sset.images.shape[0]),
+                         "weighted": sset.weights is not None})
             print(f"ipc {ipc:>3} {method:<8} acc {100 * res.mean:5.1f} ± {100 * res.std:4.1f}   random "
                   f"{100 * rm:5.1f} ± {100 * rs:4.1f}   IOR {100 * im:+5.1f}   ({t_set:.0f}s)", flush=True)
     out = {"benchmark": "quality", "dataset": "fashion-mnist", "budget": args.budget, "budget_settings": budget,
