@@ -7,6 +7,7 @@ code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,30 @@ def fail(exc: BaseException) -> None:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Console-only log filter: Prefect logs a failed flow run with its traceback; for a DDFlowError the
+    ``error:`` line says it all (``--debug`` keeps tracebacks, and Prefect's API log records keep them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DDFlowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def configure_run_logging() -> None:
+    """Show ddflow's INFO lines (``ddflow.*`` loggers) on Prefect's console handler, and install
+    :class:`_NoUserErrorTracebacks` on the root logger's handlers unless ``--debug`` (they run after
+    Prefect's API handler, which keeps the traceback)."""
+    ddflow_log = logging.getLogger("ddflow")  # lock waits, rebuilt outputs, cleaned temp folders: show them
+    if ddflow_log.level == logging.NOTSET:
+        ddflow_log.setLevel(logging.INFO)
+    if STATE["debug"]:
+        return
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoUserErrorTracebacks) for f in handler.filters):
+            handler.addFilter(_NoUserErrorTracebacks())
 
 
 @app.callback()
@@ -179,6 +204,7 @@ def run(
         _prefect_env()
         from flows.distill import distill_flow
 
+        configure_run_logging()
         summary = distill_flow(str(config), overrides or [], root, force or [])
     except DDFlowError as exc:
         fail(exc)
@@ -186,6 +212,29 @@ def run(
     from flows.orchestration import default_root
 
     console.print(f"summary: {default_root(root)}/runs/{cfg.name}/summary.json")
+
+
+@app.command()
+def evaluate(
+    synthetic: Annotated[str, typer.Argument(help="Synthetic-set artifact folder to evaluate.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset artifact with the real test split.")],
+    config: Annotated[Path, typer.Option("--config", help="Config whose 'evaluation' recipe is used.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set evaluation.num_eval=3")]
+    = None,
+    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+) -> None:
+    """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
+    try:
+        from flows.distill import load_config
+
+        load_config(str(config), overrides or [])
+        _prefect_env()
+        from flows.reuse import evaluate_flow
+
+        row = evaluate_flow(synthetic, data, str(config), overrides or [], root)
+    except DDFlowError as exc:
+        fail(exc)
+    print_summary({"run": "evaluate", "config_digest": "-" * 12, "results": [row], "stages": [], "seconds": 0.0})
 
 
 def _prefect_env() -> None:

@@ -51,7 +51,7 @@ class TrackingConfig(StageConfig):
 class RunConfig(StageConfig):
     """Top-level pipeline config."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under runs/: no "..", no "/"
     seed: int = 0
     device: str = "auto"
     ipcs: list[int] = [10]

@@ -48,7 +48,8 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
                     raise DataError(f"--resize {resize!r} must look like 32x32 (HxW)") from None
                 spec["resize"] = [h, w]
         else:
-            raise DataError(f"cannot tell what kind of source {source} is; use --config with an explicit 'kind'")
+            raise DataError(f"cannot tell what kind of source {source} is; pass a folder, a .npz file, a .tar shard "
+                            "URL or 'fashion-mnist' (or set data.source.kind in a run config)")
     if name:
         spec["name"] = name
     return spec

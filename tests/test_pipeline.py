@@ -84,6 +84,12 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
                          "where t.key = 'ddflow.role' and t.value = 'pipeline'").fetchone()[0]
     nested = db.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
     assert parents == 2 and nested >= len(s1["stages"])
+    dm = next(r for r in s1["results"] if r["method"] == "dm")
+    ev = subprocess.run([*DDFLOW, "evaluate", dm["artifact"], "--data", s1["dataset"]["uri"], "--config", str(cfg),
+                         "--root", str(tmp_path / "root")], cwd=REPO, env=_env(prefect_home), capture_output=True,
+                        text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert f"{100 * dm['acc_mean']:.1f} ± {100 * dm['acc_std']:.1f}" in ev.stdout  # the cached evaluation
 
 
 def test_force_recomputes_a_stage_and_its_dependants(fake_fmnist: Path, tmp_path: Path, prefect_home: Path) -> None:

@@ -1,0 +1,64 @@
+"""Smaller flows for reuse: ``ingest_flow`` (just the dataset) and ``evaluate_flow`` (any set).
+
+``evaluate_flow`` evaluates an existing synthetic-set artifact (made by ddflow, or by another tool and
+ingested) against a dataset artifact under a config's evaluation recipe, with the random-subset
+baseline of the same IPC; both go through the same cached stages as ``distill_flow``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from ddcore.data import open_artifact
+from flows.distill import Timeline, load_config
+from flows.orchestration import PipelineRun, default_root
+from flows.runners import assign_devices
+from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
+from tasks.evaluate import BASELINE, EVALUATE
+from tasks.ingest import INGEST
+from tasks.refs import ArtifactRef
+from tasks.report import REPORT, read_report
+from tasks.store import ArtifactStore
+from tasks.tracking import Tracker
+
+
+def external_ref(uri: str, kind: str) -> ArtifactRef:
+    """A reference to a dataset artifact that no stage of this store produced (verified on open)."""
+    art = open_artifact(uri)
+    return ArtifactRef(uri=art.uri, sha256=art.digest, stage="external", key=art.digest[:20], kind=kind)  # type: ignore[arg-type]
+
+
+@flow(name="ddflow-ingest", log_prints=True)
+def ingest_flow(config_path: str, overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
+    """Ingest the config's data source into the store (cached like the full flow's first stage)."""
+    cfg = load_config(config_path, overrides)
+    store = ArtifactStore(default_root(root))
+    with PipelineRun(store, run_name=f"{cfg.name}-ingest", stages=("ingest",)) as run:
+        ref = run.run(INGEST, cfg.data)
+    return ref.model_dump()
+
+
+@flow(name="ddflow-evaluate", log_prints=True)
+def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: list[str] | None = None,
+                  root: str | None = None) -> dict[str, Any]:
+    """Evaluate ``synthetic`` on ``dataset``'s test split under the config's recipe; returns the result row."""
+    cfg = load_config(config_path, overrides)
+    store = ArtifactStore(default_root(root))
+    tracker = Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled \
+        else Tracker.disabled()
+    syn, data = external_ref(synthetic, "synthetic"), external_ref(dataset, "dataset")
+    ipc = int(open_artifact(synthetic).meta.extra.get("ipc") or 1)
+    device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
+    with PipelineRun(store, tracker=tracker, run_name=f"{cfg.name}-evaluate",
+                     stages=("evaluate", "baseline", "report")) as run:
+        step = Timeline(run)
+        inputs = {f"set/external/{ipc}": syn,
+                  f"eval/external/{ipc}": step(EVALUATE, EvaluateConfig(eval=cfg.evaluation),
+                                               {"dataset": data, "synthetic": syn}, device=device)}
+        if cfg.random_baseline:
+            inputs[f"baseline/{ipc}"] = step(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc),
+                                             {"dataset": data}, device=device)
+        rep = step(REPORT, ReportConfig(run=f"{cfg.name}-evaluate", full_data_acc=cfg.full_data_acc), inputs)
+    return read_report(rep.uri)["results"][0]
