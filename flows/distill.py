@@ -18,7 +18,7 @@ from ddcore.config import apply_overrides, load_yaml
 from ddcore.data import storage as fsio
 from flows.config import DISTILL_METHODS, LATENT_METHODS, RunConfig
 from flows.orchestration import PipelineRun, default_root
-from flows.runners import assign_devices
+from flows.runners import RunnerConfig, assign_devices, runner_session, stage_options
 from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
 from tasks.distill import DISTILL
 from tasks.evaluate import BASELINE, EVALUATE
@@ -56,18 +56,47 @@ class Timeline:
         return ref
 
 
+class Branches:
+    """Stage tasks submitted to the flow's task runner (fan-out), collected in submission order."""
+
+    def __init__(self, run: PipelineRun, cfg: RunConfig, timeline: Timeline) -> None:
+        self.run, self.cfg, self.timeline = run, cfg, timeline
+        self.pending: list[tuple[str, Any, float]] = []
+
+    def submit(self, task: Any, config: Any, inputs: dict[str, Any], *, label: str, device: str) -> Any:
+        with stage_options(self.cfg.runner, gpu="gpu" in task.tags):
+            fut = self.run.submit(task, config, inputs, device=device)
+        self.pending.append((label, fut, time.perf_counter()))
+        return fut
+
+    def collect(self) -> dict[str, ArtifactRef]:
+        refs = {}
+        for label, fut, _ in self.pending:
+            ref = self.run.result(fut)
+            cached = fut.state.name == "Cached"
+            rec = self.run.store.read_record_at(ref.uri)
+            seconds = 0.0 if cached or rec is None else round(rec.duration_s, 3)
+            self.timeline.stages.append({"name": label, "cached": cached, "seconds": seconds})
+            refs[label] = ref
+        return refs
+
+
 def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
-    """Run the whole chain for ``cfg`` and return the summary (also written to ``runs/<name>/``)."""
+    """Run the whole chain for ``cfg`` and return the summary (also written to ``runs/<name>/``).
+
+    Shared stages (ingest, core set, VAE, latents) run in the flow; the per-(method, IPC) branches
+    (distill -> prune -> evaluate) and the random baselines are submitted to the task runner, each
+    on a device from :func:`assign_devices`.
+    """
     store = ArtifactStore(default_root(root))
     tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
                else Tracker.disabled())
-    device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
     t_start = time.perf_counter()
     with PipelineRun(store, tracker=tracker, force=force or (), run_name=cfg.name, stages=STAGES,
                      params={"config_digest": cfg.digest()}) as run:
         step = Timeline(run)
+        device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
         data = step(INGEST, cfg.data)
-        report_inputs: dict[str, ArtifactRef] = {}
         feats = None
         if cfg.core_set is not None and cfg.core_set.methods:
             feats = step(EXTRACT_FEATURES, cfg.prune_config(cfg.core_set), {"dataset": data}, device=device)
@@ -78,31 +107,41 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
             vae = step(TRAIN_VAE, cfg.vae, {"dataset": data}, device=device)
             lat = step(ENCODE_LATENTS, cfg.encode, {"dataset": data, "vae": vae}, device=device)
             latent_inputs = {"vae": vae, "latents": lat}
+        fan = Branches(run, cfg, step)
+        plan = [(ipc, name) for ipc in cfg.ipcs for name in cfg.methods]
+        devices = assign_devices(len(plan)) if cfg.device == "auto" else [cfg.device] * len(plan)
+        report_inputs: dict[str, str] = {}
         evaluate_cfg = EvaluateConfig(eval=cfg.evaluation)
-        for ipc in cfg.ipcs:
-            if cfg.random_baseline:
-                report_inputs[f"baseline/{ipc}"] = step(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc),
-                                                        {"dataset": data}, device=device, label=f"baseline/ipc{ipc}")
-            for name in cfg.methods:
-                inputs: dict[str, ArtifactRef] = {"dataset": data}
-                if feats is not None and name in cfg.core_set.methods:  # type: ignore[union-attr]
-                    inputs["features"] = feats
-                if name in LATENT_METHODS:
-                    inputs.update(latent_inputs)
-                sets = {name: step(DISTILL, cfg.method_config(name, ipc), inputs, device=device,
-                                   label=f"distill/{name}/ipc{ipc}")}
-                if cfg.prune is not None and name in cfg.prune.methods:
-                    big_ipc = cfg.post_prune_ipc(ipc)
-                    big = step(DISTILL, cfg.method_config(name, big_ipc), inputs, device=device,
-                               label=f"distill/{name}/ipc{big_ipc}")
-                    sets[f"{name}+prune"] = step(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
-                                                 device=device, label=f"prune/{name}/ipc{big_ipc}->{ipc}")
-                for label, syn in sets.items():
-                    report_inputs[f"set/{label}/{ipc}"] = syn
-                    report_inputs[f"eval/{label}/{ipc}"] = step(
-                        EVALUATE, evaluate_cfg, {"dataset": data, "synthetic": syn}, device=device,
-                        label=f"evaluate/{label}/ipc{ipc}")
-        rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc), report_inputs)
+        if cfg.random_baseline:
+            for ipc in cfg.ipcs:
+                fan.submit(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc), {"dataset": data},
+                           label=f"baseline/ipc{ipc}", device=device)
+                report_inputs[f"baseline/{ipc}"] = f"baseline/ipc{ipc}"
+        for (ipc, name), dev in zip(plan, devices, strict=True):
+            inputs: dict[str, Any] = {"dataset": data}
+            if feats is not None and name in cfg.core_set.methods:  # type: ignore[union-attr]
+                inputs["features"] = feats
+            if name in LATENT_METHODS:
+                inputs.update(latent_inputs)
+            sets = {name: fan.submit(DISTILL, cfg.method_config(name, ipc), inputs, device=dev,
+                                     label=f"distill/{name}/ipc{ipc}")}
+            set_labels = {name: f"distill/{name}/ipc{ipc}"}
+            if cfg.prune is not None and name in cfg.prune.methods:
+                big_ipc = cfg.post_prune_ipc(ipc)
+                big = fan.submit(DISTILL, cfg.method_config(name, big_ipc), inputs, device=dev,
+                                 label=f"distill/{name}/ipc{big_ipc}")
+                lbl = f"prune/{name}/ipc{big_ipc}->{ipc}"
+                sets[f"{name}+prune"] = fan.submit(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
+                                                   device=dev, label=lbl)
+                set_labels[f"{name}+prune"] = lbl
+            for label, syn in sets.items():
+                ev = f"evaluate/{label}/ipc{ipc}"
+                fan.submit(EVALUATE, evaluate_cfg, {"dataset": data, "synthetic": syn}, device=dev, label=ev)
+                report_inputs[f"set/{label}/{ipc}"] = set_labels[label]
+                report_inputs[f"eval/{label}/{ipc}"] = ev
+        refs = fan.collect()
+        rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc),
+                   {name: refs[label] for name, label in report_inputs.items()})
         summary = {"run": cfg.name, "config_digest": cfg.digest(), "results": read_report(rep.uri)["results"],
                    "stages": step.stages, "report": rep.uri, "dataset": {"uri": data.uri, "digest": data.sha256},
                    "seconds": round(time.perf_counter() - t_start, 3)}
@@ -134,6 +173,28 @@ def distill_flow(config_path: str, overrides: list[str] | None = None, root: str
                  force: list[str] | None = None) -> dict[str, Any]:
     """Prefect flow over a config file (what deployments and ``ddflow run`` call)."""
     return run_config(load_config(config_path, overrides), root=root, force=force)
+
+
+def default_runner(cfg: RunnerConfig) -> RunnerConfig:
+    """Thread pools get one worker per GPU (one on a CPU-only machine, where stages would only
+    compete for the same cores) unless ``max_workers`` is set."""
+    if cfg.kind == "threads" and cfg.max_workers is None:
+        return cfg.model_copy(update={"max_workers": max(1, len(_gpus()))})
+    return cfg
+
+
+def _gpus() -> list[str]:
+    from flows.runners import cuda_devices
+
+    return cuda_devices()
+
+
+def run_with_runner(config_path: str, overrides: list[str] | None = None, root: str | None = None,
+                    force: list[str] | None = None) -> dict[str, Any]:
+    """Run :func:`distill_flow` on the task runner the config asks for (threads or Ray)."""
+    cfg = load_config(config_path, overrides)
+    with runner_session(default_runner(cfg.runner)) as task_runner:
+        return distill_flow.with_options(task_runner=task_runner)(config_path, overrides, root, force)
 
 
 __all__ = ["DISTILL_METHODS", "STAGES", "distill_flow", "load_config", "run_config"]
