@@ -202,10 +202,10 @@ def run(
 
         cfg = load_config(str(config), overrides or [])
         _prefect_env()
-        from flows.distill import distill_flow
+        from flows.distill import run_with_runner
 
         configure_run_logging()
-        summary = distill_flow(str(config), overrides or [], root, force or [])
+        summary = run_with_runner(str(config), overrides or [], root, force or [])
     except DDFlowError as exc:
         fail(exc)
     print_summary(summary)
