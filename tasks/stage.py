@@ -15,9 +15,12 @@ after a failure in stage k shows ``Cached`` for the stages before k and executes
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,22 @@ StageResult = Mapping[str, float | int | str] | None
 OomHook = Callable[[StageConfig, int], StageConfig | None]
 """``on_oom(config, attempt)`` -> a config to retry with (e.g. a smaller batch) or ``None`` to give up."""
 
+def _forget_inherited_thread_exit_hooks() -> None:
+    """In a forked child (e.g. a DataLoader worker started inside a stage), drop the thread-exit hooks it
+    inherited: they belong to the parent's threads, and Prefect's log/event services register one that
+    fails in the child, so every worker exited with code 1 ("DataLoader worker exited unexpectedly")."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_thread_exit_hooks)
+
 _NON_TRANSIENT_OS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+FAULT_ENV = "DDFLOW_FAULT"
+FAULT_SLEEP_ENV = "DDFLOW_FAULT_SLEEP"
 
 
 class StageError(DDFlowError):
@@ -88,6 +106,7 @@ class StageContext:
         """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking)."""
         if self.run is not None:
             self.run.log_metrics(step, metrics)
+        fault_point(self.stage, f"step{int(step)}")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Attach a local file (image, report) to the stage's MLflow run."""
@@ -142,6 +161,7 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
         while True:
             tmp = store.begin(stage, key)
             try:
+                fault_point(stage, "before")
                 result = fn(dict(inputs), effective, tmp, ctx)
                 break
             except Exception as exc:
@@ -155,6 +175,7 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
                 store.discard(tmp)
                 free_cuda_memory()
                 effective, ctx.attempt = smaller, ctx.attempt + 1
+        fault_point(stage, "after")
         metrics = _checked_metrics(stage, result)
         ref = store.publish(stage, key, tmp, kind=kind, config=config, inputs=inputs, metrics=metrics,
                             started_at=started, duration_s=time.perf_counter() - t0,
@@ -171,6 +192,26 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
     run.finish(ref, metrics, ref_file=ref_file)
     log.info("stage %s: done in %.1fs (key %s, sha256 %s)", stage, time.perf_counter() - t0, key, ref.short)
     return ref
+
+
+def fault_point(stage: str, point: str) -> None:
+    """Fault injection for the reliability tests; does nothing unless the environment asks for it.
+
+    ``DDFLOW_FAULT=<stage>[:<point>][,...]`` raises ``RuntimeError("injected fault in stage <stage> (<point>)")``
+    and ``DDFLOW_FAULT_SLEEP=<stage>:<point>:<seconds>[,...]`` sleeps (a window for ``kill -9``) when stage
+    ``<stage>`` reaches ``<point>``: ``before`` (the default; output folder empty), ``after`` (the stage
+    function returned; output written, not yet published) or ``step<N>`` (the stage logged metrics for
+    step N, e.g. right after evaluation round N was checkpointed).
+    """
+    for entry in filter(None, (e.strip() for e in os.environ.get(FAULT_ENV, "").split(","))):
+        name, _, where = entry.partition(":")
+        if (name, where or "before") == (stage, point):
+            raise RuntimeError(f"injected fault in stage {stage} ({point})")
+    for entry in filter(None, (e.strip() for e in os.environ.get(FAULT_SLEEP_ENV, "").split(","))):
+        name, _, rest = entry.partition(":")
+        where, _, seconds = rest.rpartition(":")
+        if (name, where) == (stage, point):
+            time.sleep(float(seconds))
 
 
 def _checked_inputs(stage: str, inputs: Mapping[str, ArtifactRef] | None) -> dict[str, ArtifactRef]:
@@ -243,6 +284,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ConnectionError | TimeoutError):
         return True
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return False  # a full disk does not empty itself between retries
     return isinstance(exc, OSError) and not isinstance(exc, _NON_TRANSIENT_OS)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,16 @@ from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.errors import ArtifactError
 from tasks import locks
-from tasks.refs import DATASET_KINDS, ArtifactKind, ArtifactRef, RefRecord, code_version, hostname, utc_now
+from tasks.refs import (
+    DATASET_KINDS,
+    STAGE_NAME_PATTERN,
+    ArtifactKind,
+    ArtifactRef,
+    RefRecord,
+    code_version,
+    hostname,
+    utc_now,
+)
 
 log = logging.getLogger("ddflow.store")
 
@@ -39,6 +49,8 @@ KEY_SCHEME = "ddflow-stage-key/v1"
 RESERVED = ("_checkpoints", "_locks", "_prefect", "mlartifacts")
 EXCLUDED_DIRS = ("checkpoints", "_checkpoints")
 Verify = Literal["auto", "none", "quick", "full"]
+STAGE_NAME = re.compile(STAGE_NAME_PATTERN)
+KEY_NAME = re.compile(r"[0-9a-f]{8,64}")
 
 
 class ArtifactStore:
@@ -105,10 +117,12 @@ class ArtifactStore:
 
     def location(self, stage: str, key: str) -> str:
         """URI of the (final) output folder of ``stage``/``key``."""
+        check_names(stage, key)
         return self.uri(stage, key)
 
     def checkpoint_dir(self, stage: str, key: str) -> str:
         """URI of the resumable-state folder of ``stage``/``key`` (created; outside the output folder)."""
+        check_names(stage, key)
         self.fs.makedirs(self._p("_checkpoints", stage, key), exist_ok=True)
         return self.uri("_checkpoints", stage, key)
 
@@ -124,8 +138,7 @@ class ArtifactStore:
         Hash of the stage name, ``config.digest()``, the upstream sha256 digests (with their input names
         when a mapping is given) and the ddflow version. Upstream *content* counts, not where it lives.
         """
-        if stage.startswith(("_", ".")) or stage in RESERVED:
-            raise ArtifactError(f"stage name {stage!r} is reserved; choose a name without a leading '_' or '.'")
+        check_names(stage)
         if isinstance(upstream, Mapping):
             ups = [f"{name}={upstream[name].sha256}" for name in sorted(upstream)]
         else:
@@ -135,8 +148,16 @@ class ArtifactStore:
 
     # -- reading ---------------------------------------------------------------------------
     def read_record(self, stage: str, key: str) -> RefRecord | None:
-        """The ``ref.json`` of ``stage``/``key`` without verifying the folder, or ``None``."""
-        return self.read_record_at(self.location(stage, key), expect=(stage, key))
+        """The ``ref.json`` of ``stage``/``key`` without verifying the folder, or ``None``.
+
+        A root that was moved or copied still holds the old location in its ``ref.json`` files; the record
+        is returned pointing at the folder found here, so that this folder is what gets verified and read.
+        """
+        here = self.location(stage, key)
+        rec = self.read_record_at(here, expect=(stage, key))
+        if rec is not None and rec.ref.uri != here:
+            rec = rec.model_copy(update={"ref": rec.ref.model_copy(update={"uri": here})})
+        return rec
 
     def read_record_at(self, uri: str, *, expect: tuple[str, str] | None = None) -> RefRecord | None:
         """The ``ref.json`` in folder ``uri`` (any store), or ``None`` when absent or unreadable."""
@@ -203,7 +224,7 @@ class ArtifactStore:
         for p in found:
             parts = p.rstrip("/").split("/")
             stage, key = parts[-3], parts[-2]
-            if stage.startswith(("_", ".")) or key.startswith(".") or stage in RESERVED:
+            if not STAGE_NAME.fullmatch(stage) or not KEY_NAME.fullmatch(key) or stage in RESERVED:
                 continue
             rec = self.read_record(stage, key)
             if rec is not None:
@@ -213,6 +234,7 @@ class ArtifactStore:
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
         """Exclusive per-key lock across processes (and threads)."""
+        check_names(stage, key)
         what = f"stage {stage} key {key}"
         if self.is_local:
             with locks.local_lock(self._p("_locks", stage, f"{key}.lock"), timeout=self.lock_timeout, what=what):
@@ -227,6 +249,7 @@ class ArtifactStore:
 
         Temporary folders abandoned by earlier attempts at this key are removed first.
         """
+        check_names(stage, key)
         self.clean_temps(stage, key)
         tmp = fsio.temp_sibling(self.fs, self._p(stage, key))
         self.fs.makedirs(tmp, exist_ok=True)
@@ -297,6 +320,15 @@ class ArtifactStore:
 
     def _to_uri(self, path: str) -> str:
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+
+def check_names(stage: str, key: str | None = None) -> None:
+    """Stage names and keys become folder names under the root: no separators, no '..', nothing reserved."""
+    if not STAGE_NAME.fullmatch(stage) or stage in RESERVED:
+        raise ArtifactError(f"stage name {stage!r} is reserved or not a plain folder name; use letters, digits, '_', "
+                            f"'.', '-' starting with a letter or digit, and none of {', '.join(RESERVED)}")
+    if key is not None and not KEY_NAME.fullmatch(key):
+        raise ArtifactError(f"stage key {key!r} is not allowed: keys are 8-64 lowercase hex digits")
 
 
 def _listing(fs: Any, path: str) -> dict[str, int]:

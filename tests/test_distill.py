@@ -111,7 +111,7 @@ def test_unknown_method_and_network(sampler: TensorSampler) -> None:
     with pytest.raises(ConfigError, match="method"):
         StageConfig.from_mapping.__func__(DistillConfig, {"method": "mtt"})
     with pytest.raises(ConfigError, match="unknown network"):
-        distill(sampler, tiny("dm", network="transformer"))
+        StageConfig.from_mapping.__func__(DistillConfig, {"method": "dm", "network": "transformer"})
 
 
 def test_random_baseline_is_seeded(sampler: TensorSampler) -> None:

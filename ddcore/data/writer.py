@@ -8,7 +8,7 @@ import re
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +121,8 @@ class ArtifactWriter:
         """Close open shards and delete the temporary folder."""
         for sink, fobj, _ in self._open.values():
             for closable in (sink, fobj):
-                try:
+                with suppress(Exception):  # best effort cleanup (e.g. the disk is full)
                     closable.close()
-                except Exception:  # noqa: BLE001 - best effort cleanup (e.g. the disk is full)
-                    pass
         self._open.clear()
         fsio.remove_quietly(self.fs, self.tmp)
 

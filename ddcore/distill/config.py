@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
+from ddcore.nets.registry import check_network_name
 
 
 class HDDOptions(StageConfig):
@@ -87,6 +88,11 @@ class DistillConfig(StageConfig):
     hdd: HDDOptions = HDDOptions()
     ncfm: NCFMOptions = NCFMOptions()
 
+    @field_validator("network")
+    @classmethod
+    def _known_network(cls, v: str) -> str:
+        return check_network_name(v)
+
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
         if self.init == "mix" and self.method != "ncfm":
@@ -115,3 +121,8 @@ class BaselineConfig(StageConfig):
     depth: int | None = None
     feature_net: Literal["random", "trained"] = "random"
     train_epochs: int = Field(5, ge=1)
+
+    @field_validator("network")
+    @classmethod
+    def _known_network(cls, v: str) -> str:
+        return check_network_name(v)

@@ -46,6 +46,13 @@ NETWORK_NAMES: tuple[str, ...] = tuple(_SPECS)
 DEFAULT_CONVNET_DEPTH = 3
 
 
+def check_network_name(name: str) -> str:
+    """``name`` when :func:`build_network` knows it (for config validators); else ``ValueError``."""
+    if name.strip().lower() not in NETWORK_NAMES:
+        raise ValueError(f"unknown network '{name}'; valid names: {', '.join(NETWORK_NAMES)}")
+    return name
+
+
 def build_network(
     name: str,
     *,

@@ -11,11 +11,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ddcore.config import StageConfig
 from ddcore.distill.features import embed_batched
-from ddcore.nets.registry import build_network
+from ddcore.nets.registry import build_network, check_network_name
 from ddcore.prune.hyperbolic import prune_by_class
 from ddcore.sampling import RealSampler
 from ddcore.synthetic import SyntheticSet
@@ -37,6 +37,11 @@ class PruneConfig(StageConfig):
     width: int = 128
     depth: int | None = None
     seed: int = 0
+
+    @field_validator("network")
+    @classmethod
+    def _known_network(cls, v: str) -> str:
+        return check_network_name(v)
 
 
 def _net(cfg: PruneConfig, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> torch.nn.Module:
