@@ -69,6 +69,11 @@ def fake_fmnist(tmp_path: Path) -> Path:
     """A Fashion-MNIST-format folder (IDX gz) with 12 train / 4 test images per class."""
     root = tmp_path / "fmnist"
     root.mkdir()
+    return write_fake_fmnist(root)
+
+
+def write_fake_fmnist(root: Path) -> Path:
+    """Write the four Fashion-MNIST IDX files (12 train / 4 test generated images per class) into ``root``."""
     xtr, ytr = class_images(12, 10, shape=(28, 28), seed=1)
     xte, yte = class_images(4, 10, shape=(28, 28), seed=2)
     write_idx(root / "train-images-idx3-ubyte.gz", xtr)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import class_images, write_idx
+from conftest import write_fake_fmnist
 
 from tasks.store import ArtifactStore
 
@@ -66,14 +66,7 @@ def write_config(path: Path, data: Path, **kwargs: Any) -> Path:
 @pytest.fixture(scope="session")
 def fault_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fashion-MNIST-format IDX folder, 12 train / 4 test images per class, shared by the session."""
-    root = tmp_path_factory.mktemp("fault-fmnist")
-    xtr, ytr = class_images(12, 10, shape=(28, 28), seed=1)
-    xte, yte = class_images(4, 10, shape=(28, 28), seed=2)
-    write_idx(root / "train-images-idx3-ubyte.gz", xtr)
-    write_idx(root / "train-labels-idx1-ubyte.gz", ytr)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", xte)
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", yte)
-    return root
+    return write_fake_fmnist(tmp_path_factory.mktemp("fault-fmnist"))
 
 
 @pytest.fixture(scope="session")
