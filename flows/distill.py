@@ -16,7 +16,7 @@ from prefect import flow
 
 from ddcore.config import apply_overrides, load_yaml
 from ddcore.data import storage as fsio
-from flows.config import DISTILL_METHODS, LATENT_METHODS, RunConfig
+from flows.config import LATENT_METHODS, RunConfig
 from flows.orchestration import PipelineRun, default_root
 from flows.runners import RunnerConfig, assign_devices, runner_session, stage_options
 from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
@@ -197,4 +197,4 @@ def run_with_runner(config_path: str, overrides: list[str] | None = None, root: 
         return distill_flow.with_options(task_runner=task_runner)(config_path, overrides, root, force)
 
 
-__all__ = ["DISTILL_METHODS", "STAGES", "distill_flow", "load_config", "run_config"]
+__all__ = ["STAGES", "distill_flow", "load_config", "run_config"]

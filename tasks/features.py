@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -43,10 +42,6 @@ def load_keep(uri: str) -> list[np.ndarray]:
     fs, path = fsio.get_fs(uri)
     doc = json.loads(fs.cat_file(fsio.join(path, KEEP_FILE)))
     return [np.asarray(p, dtype=np.int64) for p in doc["positions"]]
-
-
-def keep_path(uri: str) -> Path:
-    return Path(uri) / KEEP_FILE
 
 
 EXTRACT_FEATURES = make_stage_task("extract_features", features_stage, "features", retries=2, tags=("gpu",))
