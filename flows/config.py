@@ -49,7 +49,12 @@ class TrackingConfig(StageConfig):
 
 
 class RunConfig(StageConfig):
-    """Top-level pipeline config."""
+    """Top-level pipeline config.
+
+    ``class_groups``: split every DM/HDD/NCFM distillation into this many class-group tasks (one
+    device each) merged into one set; 1 = one task per distillation. Evaluation always fans out one
+    task per round (seed).
+    """
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under runs/: no "..", no "/"
     seed: int = 0
@@ -63,6 +68,7 @@ class RunConfig(StageConfig):
     encode: EncodeConfig = EncodeConfig()
     evaluation: EvalConfig = EvalConfig()
     random_baseline: bool = True
+    class_groups: int = Field(1, ge=1)
     full_data_acc: float | None = Field(None, ge=0, le=1)
     runner: RunnerConfig = RunnerConfig()
     tracking: TrackingConfig = TrackingConfig()

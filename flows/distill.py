@@ -15,23 +15,34 @@ from typing import Any
 from prefect import flow
 
 from ddcore.config import apply_overrides, load_yaml
+from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
+from ddcore.distill.config import DistillConfig
+from ddcore.distill.merge import group_configs
 from flows.config import LATENT_METHODS, RunConfig
 from flows.orchestration import PipelineRun, default_root
-from flows.runners import RunnerConfig, assign_devices, runner_session, stage_options
-from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
+from flows.runners import RunnerConfig, assign_devices, cuda_devices, runner_session, stage_options
+from tasks.configs import (
+    BaselineEvalConfig,
+    BaselineRoundConfig,
+    EvalRoundConfig,
+    EvaluateConfig,
+    MergeConfig,
+    ReportConfig,
+)
 from tasks.distill import DISTILL
-from tasks.evaluate import BASELINE, EVALUATE
+from tasks.evaluate import BASELINE, BASELINE_ROUND, EVALUATE, EVALUATE_ROUND, round_name
 from tasks.features import EXTRACT_FEATURES
 from tasks.ingest import INGEST
+from tasks.merge import MERGE, part_name
 from tasks.prune import PRUNE
 from tasks.refs import ArtifactRef
 from tasks.report import REPORT, read_report
 from tasks.store import ArtifactStore
 from tasks.tracking import Tracker
 
-STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "distill", "prune", "evaluate", "baseline",
-          "report")
+STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "distill", "merge", "prune", "evaluate_round",
+          "evaluate", "baseline_round", "baseline", "report")
 
 
 def load_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
@@ -57,17 +68,59 @@ class Timeline:
 
 
 class Branches:
-    """Stage tasks submitted to the flow's task runner (fan-out), collected in submission order."""
+    """Stage tasks submitted to the flow's task runner (fan-out), collected in submission order.
 
-    def __init__(self, run: PipelineRun, cfg: RunConfig, timeline: Timeline) -> None:
-        self.run, self.cfg, self.timeline = run, cfg, timeline
+    Devices are handed out round robin over the visible GPUs (``cpu`` when there are none) in
+    submission order, so the class-group parts of a distillation and the rounds of an evaluation
+    land on different GPUs.
+    """
+
+    def __init__(self, run: PipelineRun, cfg: RunConfig, timeline: Timeline, *, num_classes: int) -> None:
+        self.run, self.cfg, self.timeline, self.num_classes = run, cfg, timeline, num_classes
         self.pending: list[tuple[str, Any, float]] = []
+        self._pool = assign_devices(max(1, len(cuda_devices()))) if cfg.device == "auto" else [cfg.device]
+        self._next = 0
 
-    def submit(self, task: Any, config: Any, inputs: dict[str, Any], *, label: str, device: str) -> Any:
+    def device(self) -> str:
+        dev = self._pool[self._next % len(self._pool)]
+        self._next += 1
+        return dev
+
+    def submit(self, task: Any, config: Any, inputs: dict[str, Any], *, label: str,
+               device: str | None = None) -> Any:
         with stage_options(self.cfg.runner, gpu="gpu" in task.tags):
-            fut = self.run.submit(task, config, inputs, device=device)
+            fut = self.run.submit(task, config, inputs, device=device or self.device())
         self.pending.append((label, fut, time.perf_counter()))
         return fut
+
+    def distill(self, name: str, ipc: int, inputs: dict[str, Any]) -> tuple[Any, str]:
+        """One method at one IPC: a single ``distill`` task, or ``class_groups`` parts and a ``merge``."""
+        cfg = self.cfg.method_config(name, ipc)
+        label = f"distill/{name}/ipc{ipc}"
+        if not isinstance(cfg, DistillConfig) or self.cfg.class_groups == 1:
+            return self.submit(DISTILL, cfg, inputs, label=label), label
+        groups = group_configs(cfg, self.num_classes, self.cfg.class_groups)
+        parts = {part_name(i): self.submit(DISTILL, part, inputs,
+                                           label=f"{label}/classes{part.classes[0]}-{part.classes[-1]}")  # type: ignore[index]
+                 for i, part in enumerate(groups)}
+        merge_inputs = {"dataset": inputs["dataset"], **parts}
+        return self.submit(MERGE, MergeConfig(parts=len(parts)), merge_inputs, label=label), label
+
+    def evaluate(self, syn: Any, data: ArtifactRef, label: str) -> None:
+        """``num_eval`` round tasks (one per seed) and the aggregate ``evaluate`` task of one set."""
+        ev = EvaluateConfig(eval=self.cfg.evaluation)
+        rounds = {round_name(i): self.submit(EVALUATE_ROUND, EvalRoundConfig(evaluate=ev, index=i),
+                                             {"dataset": data, "synthetic": syn}, label=f"{label}/round{i}")
+                  for i in range(ev.eval.num_eval)}
+        self.submit(EVALUATE, ev, {"synthetic": syn, **rounds}, label=label, device="cpu")
+
+    def baseline(self, data: ArtifactRef, ipc: int, label: str) -> None:
+        """The random-subset baseline of ``ipc``: one task per round, then the aggregate."""
+        bc = BaselineEvalConfig(eval=self.cfg.evaluation, ipc=ipc)
+        rounds = {round_name(i): self.submit(BASELINE_ROUND, BaselineRoundConfig(baseline=bc, index=i),
+                                             {"dataset": data}, label=f"{label}/round{i}")
+                  for i in range(bc.eval.num_eval)}
+        self.submit(BASELINE, bc, rounds, label=label, device="cpu")
 
     def collect(self) -> dict[str, ArtifactRef]:
         refs = {}
@@ -81,18 +134,27 @@ class Branches:
         return refs
 
 
+def expand_force(force: list[str] | None) -> list[str]:
+    """``--force evaluate`` / ``baseline`` also recompute their rounds (the rounds are the real work)."""
+    out = list(force or ())
+    for agg, rounds in (("evaluate", "evaluate_round"), ("baseline", "baseline_round")):
+        if agg in out and rounds not in out:
+            out.append(rounds)
+    return out
+
+
 def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
     """Run the whole chain for ``cfg`` and return the summary (also written to ``runs/<name>/``).
 
     Shared stages (ingest, core set, VAE, latents) run in the flow; the per-(method, IPC) branches
-    (distill -> prune -> evaluate) and the random baselines are submitted to the task runner, each
-    on a device from :func:`assign_devices`.
+    (distill [per class group + merge] -> prune -> evaluation rounds -> aggregate) and the random
+    baselines are submitted to the task runner, each task on a device from :func:`assign_devices`.
     """
     store = ArtifactStore(default_root(root))
     tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
                else Tracker.disabled())
     t_start = time.perf_counter()
-    with PipelineRun(store, tracker=tracker, force=force or (), run_name=cfg.name, stages=STAGES,
+    with PipelineRun(store, tracker=tracker, force=expand_force(force), run_name=cfg.name, stages=STAGES,
                      params={"config_digest": cfg.digest()}) as run:
         step = Timeline(run)
         device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
@@ -107,38 +169,32 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
             vae = step(TRAIN_VAE, cfg.vae, {"dataset": data}, device=device)
             lat = step(ENCODE_LATENTS, cfg.encode, {"dataset": data, "vae": vae}, device=device)
             latent_inputs = {"vae": vae, "latents": lat}
-        fan = Branches(run, cfg, step)
-        plan = [(ipc, name) for ipc in cfg.ipcs for name in cfg.methods]
-        devices = assign_devices(len(plan)) if cfg.device == "auto" else [cfg.device] * len(plan)
+        fan = Branches(run, cfg, step, num_classes=open_artifact(data.uri, verify="none").meta.num_classes)
         report_inputs: dict[str, str] = {}
-        evaluate_cfg = EvaluateConfig(eval=cfg.evaluation)
         if cfg.random_baseline:
             for ipc in cfg.ipcs:
-                fan.submit(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc), {"dataset": data},
-                           label=f"baseline/ipc{ipc}", device=device)
+                fan.baseline(data, ipc, f"baseline/ipc{ipc}")
                 report_inputs[f"baseline/{ipc}"] = f"baseline/ipc{ipc}"
-        for (ipc, name), dev in zip(plan, devices, strict=True):
-            inputs: dict[str, Any] = {"dataset": data}
-            if feats is not None and name in cfg.core_set.methods:  # type: ignore[union-attr]
-                inputs["features"] = feats
-            if name in LATENT_METHODS:
-                inputs.update(latent_inputs)
-            sets = {name: fan.submit(DISTILL, cfg.method_config(name, ipc), inputs, device=dev,
-                                     label=f"distill/{name}/ipc{ipc}")}
-            set_labels = {name: f"distill/{name}/ipc{ipc}"}
-            if cfg.prune is not None and name in cfg.prune.methods:
-                big_ipc = cfg.post_prune_ipc(ipc)
-                big = fan.submit(DISTILL, cfg.method_config(name, big_ipc), inputs, device=dev,
-                                 label=f"distill/{name}/ipc{big_ipc}")
-                lbl = f"prune/{name}/ipc{big_ipc}->{ipc}"
-                sets[f"{name}+prune"] = fan.submit(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
-                                                   device=dev, label=lbl)
-                set_labels[f"{name}+prune"] = lbl
-            for label, syn in sets.items():
-                ev = f"evaluate/{label}/ipc{ipc}"
-                fan.submit(EVALUATE, evaluate_cfg, {"dataset": data, "synthetic": syn}, device=dev, label=ev)
-                report_inputs[f"set/{label}/{ipc}"] = set_labels[label]
-                report_inputs[f"eval/{label}/{ipc}"] = ev
+        for ipc in cfg.ipcs:
+            for name in cfg.methods:
+                inputs: dict[str, Any] = {"dataset": data}
+                if feats is not None and name in cfg.core_set.methods:  # type: ignore[union-attr]
+                    inputs["features"] = feats
+                if name in LATENT_METHODS:
+                    inputs.update(latent_inputs)
+                syn, syn_label = fan.distill(name, ipc, inputs)
+                sets = {name: (syn, syn_label)}
+                if cfg.prune is not None and name in cfg.prune.methods:
+                    big_ipc = cfg.post_prune_ipc(ipc)
+                    big, _ = fan.distill(name, big_ipc, inputs)
+                    lbl = f"prune/{name}/ipc{big_ipc}->{ipc}"
+                    sets[f"{name}+prune"] = (fan.submit(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
+                                                        label=lbl), lbl)
+                for label, (fut, set_label) in sets.items():
+                    ev = f"evaluate/{label}/ipc{ipc}"
+                    fan.evaluate(fut, data, ev)
+                    report_inputs[f"set/{label}/{ipc}"] = set_label
+                    report_inputs[f"eval/{label}/{ipc}"] = ev
         refs = fan.collect()
         rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc),
                    {name: refs[label] for name, label in report_inputs.items()})
@@ -184,8 +240,6 @@ def default_runner(cfg: RunnerConfig) -> RunnerConfig:
 
 
 def _gpus() -> list[str]:
-    from flows.runners import cuda_devices
-
     return cuda_devices()
 
 

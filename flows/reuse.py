@@ -12,11 +12,9 @@ from typing import Any
 from prefect import flow
 
 from ddcore.data import open_artifact
-from flows.distill import Timeline, load_config
+from flows.distill import Branches, Timeline, expand_force, load_config
 from flows.orchestration import PipelineRun, default_root
-from flows.runners import assign_devices
-from tasks.configs import BaselineEvalConfig, EvaluateConfig, ReportConfig
-from tasks.evaluate import BASELINE, EVALUATE
+from tasks.configs import ReportConfig
 from tasks.ingest import INGEST
 from tasks.refs import ArtifactRef
 from tasks.report import REPORT, read_report
@@ -42,7 +40,7 @@ def ingest_flow(config_path: str, overrides: list[str] | None = None, root: str 
 
 @flow(name="ddflow-evaluate", log_prints=True)
 def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: list[str] | None = None,
-                  root: str | None = None) -> dict[str, Any]:
+                  root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
     """Evaluate ``synthetic`` on ``dataset``'s test split under the config's recipe; returns the result row."""
     cfg = load_config(config_path, overrides)
     store = ArtifactStore(default_root(root))
@@ -50,15 +48,16 @@ def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: lis
         else Tracker.disabled()
     syn, data = external_ref(synthetic, "synthetic"), external_ref(dataset, "dataset")
     ipc = int(open_artifact(synthetic).meta.extra.get("ipc") or 1)
-    device = assign_devices(1)[0] if cfg.device == "auto" else cfg.device
-    with PipelineRun(store, tracker=tracker, run_name=f"{cfg.name}-evaluate",
-                     stages=("evaluate", "baseline", "report")) as run:
+    with PipelineRun(store, tracker=tracker, run_name=f"{cfg.name}-evaluate", force=expand_force(force),
+                     stages=("evaluate_round", "evaluate", "baseline_round", "baseline", "report")) as run:
         step = Timeline(run)
-        inputs = {f"set/external/{ipc}": syn,
-                  f"eval/external/{ipc}": step(EVALUATE, EvaluateConfig(eval=cfg.evaluation),
-                                               {"dataset": data, "synthetic": syn}, device=device)}
+        fan = Branches(run, cfg, step, num_classes=open_artifact(dataset).meta.num_classes)
+        fan.evaluate(syn, data, f"evaluate/external/ipc{ipc}")
         if cfg.random_baseline:
-            inputs[f"baseline/{ipc}"] = step(BASELINE, BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc),
-                                             {"dataset": data}, device=device)
+            fan.baseline(data, ipc, f"baseline/ipc{ipc}")
+        refs = fan.collect()
+        inputs = {f"set/external/{ipc}": syn, f"eval/external/{ipc}": refs[f"evaluate/external/ipc{ipc}"]}
+        if cfg.random_baseline:
+            inputs[f"baseline/{ipc}"] = refs[f"baseline/ipc{ipc}"]
         rep = step(REPORT, ReportConfig(run=f"{cfg.name}-evaluate", full_data_acc=cfg.full_data_acc), inputs)
     return read_report(rep.uri)["results"][0]

@@ -27,6 +27,27 @@ class BaselineEvalConfig(StageConfig):
     subset_seed: int = 100
 
 
+class EvalRoundConfig(StageConfig):
+    """One evaluation round of a synthetic set: a fresh network from seed ``evaluate.eval.seed + index``."""
+
+    evaluate: EvaluateConfig
+    index: int = Field(ge=0)
+
+
+class BaselineRoundConfig(StageConfig):
+    """One round of the random-subset baseline: subset seed ``subset_seed + index``, network seed
+    ``eval.seed + index``."""
+
+    baseline: BaselineEvalConfig
+    index: int = Field(ge=0)
+
+
+class MergeConfig(StageConfig):
+    """Merge of one distillation fanned out into ``parts`` class groups (inputs ``part-000``, ...)."""
+
+    parts: int = Field(ge=1)
+
+
 class EncodeConfig(StageConfig):
     """Latent encoding: batch size and stored dtype of the latents."""
 

@@ -62,7 +62,8 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: DistillConfig | Baseli
 
         return ddoq_from_inputs(inputs, config, out, ctx, t0)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
-    publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{config.ipc}", art.meta.classes,
+    part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""
+    publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{config.ipc}{part}", art.meta.classes,
                       {"kind": "distill", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest}, ctx)
     seconds = time.perf_counter() - t0
     hist = sset.extra.get("loss_history") or [[0, 0.0]]

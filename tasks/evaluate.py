@@ -1,8 +1,12 @@
-"""Stages ``evaluate`` (a synthetic set) and ``baseline`` (random real subsets of the same IPC).
+"""Evaluation stages: one task per round (seed), then an aggregate per set.
 
-Both train fresh networks under one recipe and test them on the real test split; every finished
-round is saved in the checkpoint folder, so a killed evaluation resumes at the next round. Output:
-``results.json`` with per-round accuracies (fractions), seeds and the protocol label.
+``evaluate_round`` trains a fresh network on a synthetic set under the recipe with seed
+``eval.seed + index`` and tests it on the real test split; ``baseline_round`` does the same on a random
+real subset of the same IPC. The rounds fan out as separate tasks (one per GPU), each cached on its
+own, so a killed evaluation resumes at the rounds not yet finished. ``evaluate`` / ``baseline``
+aggregate the rounds (inputs ``round-000`` ...) into ``results.json``: per-round accuracies (fractions),
+seeds, mean ± std and the protocol label. No wall-clock time is written, so a recomputed result has
+the same bytes.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from ddcore.data import ArtifactSampler, open_artifact
@@ -20,7 +23,7 @@ from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.train import train_and_evaluate
-from tasks.configs import BaselineEvalConfig, EvaluateConfig
+from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
 from tasks.refs import ArtifactRef
 from tasks.stage import StageContext, make_stage_task
 
@@ -33,19 +36,6 @@ def test_split(data: Any) -> str:
         if split in data.meta.counts:
             return split
     raise DataError(f"dataset {data.uri} has no test or val split; ingest one (e.g. --test-fraction 0.1)")
-
-
-def _round(ckpt: str, i: int, fn: Any) -> dict:
-    """Result of round ``i``: read from the checkpoint folder, or computed and saved there."""
-    path = Path(ckpt) / f"round-{i:03d}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    res = fn()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res))
-    tmp.replace(path)
-    return res
 
 
 def _run_dict(run: Any) -> dict:
@@ -66,54 +56,89 @@ def read_results(uri: str) -> dict:
     return json.loads(fs.cat_file(fsio.join(path, RESULTS)))
 
 
-def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: str, ctx: StageContext) -> dict:
+def round_inputs(inputs: dict[str, ArtifactRef], num_eval: int) -> list[ArtifactRef]:
+    """The ``round-000`` ... inputs of an aggregate stage, checked to be exactly ``num_eval`` rounds."""
+    names = sorted(k for k in inputs if k.startswith("round-"))
+    want = [round_name(i) for i in range(num_eval)]
+    if names != want:
+        raise DataError(f"evaluation needs inputs {want[0]}..{want[-1]} ({num_eval} rounds), got {names or 'none'}")
+    return [inputs[n] for n in want]
+
+
+def round_name(i: int) -> str:
+    return f"round-{i:03d}"
+
+
+def _aggregate(inputs: dict[str, ArtifactRef], num_eval: int, eval_digest: str) -> tuple[list[dict], list[float]]:
+    rounds = [read_results(r.uri) for r in round_inputs(inputs, num_eval)]
+    for i, r in enumerate(rounds):
+        if r.get("index") != i or r.get("eval_config_digest") != eval_digest:
+            raise DataError(f"{round_name(i)} was evaluated under another recipe or index; run the flow again")
+        r.pop("index"), r.pop("eval_config_digest"), r.pop("kind", None)
+    return rounds, [r["acc"] for r in rounds]
+
+
+def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig, out: str,
+                         ctx: StageContext) -> dict:
+    """Round ``config.index``: train a fresh network on the synthetic set, test on the real test split."""
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
     test_x, test_y = data.load_split(test_split(data))
     sset = load_synthetic(inputs["synthetic"].uri)
-    ec = config.eval
-    rounds = []
-    for i in range(ec.num_eval):
-        def go(i: int = i) -> dict:
-            run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ec, seed=ec.seed + i,
-                                     num_classes=sset.num_classes,
-                                     weights=sset.weights if config.use_weights else None,
-                                     soft_labels=sset.soft_labels if config.use_soft_labels else None,
-                                     device=ctx.device)
-            return _run_dict(run)
-        rounds.append(_round(ctx.checkpoint_dir, i, go))
-        ctx.log_metrics(i, {"acc": rounds[-1]["acc"]})
-    accs = [r["acc"] for r in rounds]
-    mean, std = summarize(accs)
-    syn = inputs["synthetic"]
-    _write(out, {"kind": "synthetic", "synthetic": syn.uri, "synthetic_digest": syn.sha256,
-                 "method": sset.method, "ipc": sset.ipc, "n_images": int(sset.images.shape[0]),
-                 "protocol": ec.label, "eval_config_digest": ec.digest(), "rounds": rounds, "accs": accs,
-                 "acc_mean": mean, "acc_std": std})
-    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs), "seconds": time.perf_counter() - t0}
+    ev, i = config.evaluate, config.index
+    run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
+                             num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
+                             soft_labels=sset.soft_labels if ev.use_soft_labels else None, device=ctx.device)
+    doc = {"kind": "synthetic-round", "index": i, "eval_config_digest": ev.eval.digest(), **_run_dict(run)}
+    _write(out, doc)
+    ctx.log_metrics(i, {"acc": run.acc})
+    return {"acc": run.acc, "seconds": time.perf_counter() - t0}
 
 
-def baseline_stage(inputs: dict[str, ArtifactRef], config: BaselineEvalConfig, out: str, ctx: StageContext) -> dict:
+def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundConfig, out: str,
+                         ctx: StageContext) -> dict:
+    """Round ``config.index`` of the random baseline: a seeded random real subset, a fresh network."""
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
     test_x, test_y = data.load_split(test_split(data))
-    real = ArtifactSampler(data, "train")
-    ec, k = config.eval, data.meta.num_classes
-    rounds = []
-    for i in range(ec.num_eval):
-        def go(i: int = i) -> dict:
-            x, y = random_subset(real, [config.ipc] * k, seed=config.subset_seed + i)
-            run = train_and_evaluate(x, y, test_x, test_y, config=ec, seed=ec.seed + i, num_classes=k,
-                                     device=ctx.device)
-            return {**_run_dict(run), "subset_seed": config.subset_seed + i}
-        rounds.append(_round(ctx.checkpoint_dir, i, go))
-        ctx.log_metrics(i, {"acc": rounds[-1]["acc"]})
-    accs = [r["acc"] for r in rounds]
+    bc, i, k = config.baseline, config.index, data.meta.num_classes
+    x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
+    run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,
+                             device=ctx.device)
+    doc = {"kind": "random-round", "index": i, "eval_config_digest": bc.eval.digest(), **_run_dict(run),
+           "subset_seed": bc.subset_seed + i}
+    _write(out, doc)
+    ctx.log_metrics(i, {"acc": run.acc})
+    return {"acc": run.acc, "seconds": time.perf_counter() - t0}
+
+
+def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: str, ctx: StageContext) -> dict:
+    """Aggregate the rounds (inputs ``round-000`` ...) of one synthetic set into ``results.json``."""
+    ec = config.eval
+    rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
+    mean, std = summarize(accs)
+    syn = inputs["synthetic"]
+    sset = load_synthetic(syn.uri)
+    _write(out, {"kind": "synthetic", "synthetic": syn.uri, "synthetic_digest": syn.sha256,
+                 "method": sset.method, "ipc": sset.ipc, "n_images": int(sset.images.shape[0]), "protocol": ec.label,
+                 "eval_config_digest": ec.digest(), "rounds": rounds, "accs": accs, "acc_mean": mean,
+                 "acc_std": std})
+    ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
+    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
+
+
+def baseline_stage(inputs: dict[str, ArtifactRef], config: BaselineEvalConfig, out: str, ctx: StageContext) -> dict:
+    """Aggregate the random-baseline rounds (inputs ``round-000`` ...) of one IPC into ``results.json``."""
+    ec = config.eval
+    rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
     mean, std = summarize(accs)
     _write(out, {"kind": "random", "ipc": config.ipc, "protocol": ec.label, "eval_config_digest": ec.digest(),
                  "rounds": rounds, "accs": accs, "acc_mean": mean, "acc_std": std})
-    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs), "seconds": time.perf_counter() - t0}
+    ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
+    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
 
 
-EVALUATE = make_stage_task("evaluate", evaluate_stage, "eval", retries=1, tags=("gpu",))
-BASELINE = make_stage_task("baseline", baseline_stage, "eval", retries=1, tags=("gpu",))
+EVALUATE_ROUND = make_stage_task("evaluate_round", evaluate_round_stage, "eval", retries=1, tags=("gpu",))
+BASELINE_ROUND = make_stage_task("baseline_round", baseline_round_stage, "eval", retries=1, tags=("gpu",))
+EVALUATE = make_stage_task("evaluate", evaluate_stage, "eval", retries=1)
+BASELINE = make_stage_task("baseline", baseline_stage, "eval", retries=1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ddcore.augment.dsa import DSAParams, apply
+from ddcore.distill.checkpoint import IterationRng
 from ddcore.sampling import RealSampler
 
 DrawFn = Callable[[int, tuple[int, ...], torch.Generator], DSAParams]
@@ -35,13 +36,14 @@ class ClassBatches:
 
 
 def siamese_batches(sampler: RealSampler, classes: Sequence[int], syn: torch.Tensor, labels: torch.Tensor, *,
-                    batch_real: int, draw: DrawFn, generator: torch.Generator,
+                    batch_real: int, draw: DrawFn, rng: IterationRng,
                     device: torch.device) -> ClassBatches:
-    """Build :class:`ClassBatches` for ``classes`` (random draws in class order from ``generator``)."""
+    """Build :class:`ClassBatches` for ``classes``; class ``c`` draws only from ``rng.for_class(c)``."""
     real_aug, syn_aug, real_lab, syn_lab = [], [], [], []
     shape = tuple(syn.shape[1:])
     labels = labels.to(syn.device)
     for c in classes:
+        generator = rng.for_class(c)
         real = sampler.sample(c, batch_real, generator).to(device)
         params = draw(real.shape[0], shape, generator)
         mine = syn[labels == c]

@@ -1,8 +1,9 @@
 """Loop checkpoints: saved atomically, loaded with ``weights_only=True`` (never unpickled).
 
-Randomness in the loops is counter-based: iteration ``i`` draws everything from a generator seeded
-with :func:`iteration_seed` ``(seed, i)``. So a checkpoint only needs the iteration, the images and the
-optimiser (and sampler-net) state to resume bit-for-bit; the RNG scheme is recorded alongside.
+Randomness in the loops is counter-based: iteration ``i`` draws everything from generators seeded
+with :func:`iteration_seed` ``(seed, i, role)`` (:class:`IterationRng`: one shared stream and one per
+class). So a checkpoint only needs the iteration, the images and the optimiser (and sampler-net)
+state to resume bit-for-bit; the RNG scheme is recorded alongside.
 """
 
 from __future__ import annotations
@@ -28,6 +29,25 @@ def iteration_seed(seed: int, iteration: int, role: str = "iter") -> int:
 def iteration_generator(seed: int, iteration: int, role: str = "iter") -> torch.Generator:
     """CPU generator for iteration ``iteration`` of a loop seeded with ``seed``."""
     return torch.Generator().manual_seed(iteration_seed(seed, iteration, role))
+
+
+class IterationRng:
+    """The random streams of iteration ``iteration``: one ``shared`` generator (the network, NCFM's
+    frequencies: drawn once for all classes) and an independent stream per class (real batch and
+    augmentation draws of that class).
+
+    Because a class's stream depends only on ``(seed, iteration, class)``, distilling a group of
+    classes on its own draws exactly what the full run draws for those classes, which is what lets a
+    distillation fan out per class group and be merged.
+    """
+
+    def __init__(self, seed: int, iteration: int) -> None:
+        self.seed, self.iteration = seed, iteration
+        self.shared = iteration_generator(seed, iteration)
+
+    def for_class(self, c: int) -> torch.Generator:
+        """A fresh generator for class ``c`` in this iteration (same draws on every call)."""
+        return iteration_generator(self.seed, self.iteration, f"class:{c}")
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
+from ddcore.errors import ConfigError
 from ddcore.nets.registry import check_network_name
 
 
@@ -66,6 +67,8 @@ class DistillConfig(StageConfig):
         class_chunk: classes per forward pass; ``None`` = all classes in one pass (exact with
             instance norm); smaller values trade speed for memory and give the same gradients.
         seed: every random draw derives from it (init, per-iteration nets, batches, augmentation).
+        classes: distil only these classes (one class group of a fanned-out run; merged later with
+            :func:`~ddcore.distill.merge.merge_class_groups`); ``None`` = every class.
         checkpoint_every: save the loop state every N iterations (0 = never).
         log_every: report the loss every N iterations.
     """
@@ -83,6 +86,7 @@ class DistillConfig(StageConfig):
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     class_chunk: int | None = Field(None, ge=1)
     seed: int = 0
+    classes: tuple[int, ...] | None = None
     checkpoint_every: int = Field(500, ge=0)
     log_every: int = Field(50, ge=1)
     hdd: HDDOptions = HDDOptions()
@@ -97,6 +101,9 @@ class DistillConfig(StageConfig):
     def _check(self) -> DistillConfig:
         if self.init == "mix" and self.method != "ncfm":
             raise ValueError("init 'mix' (multi-formation mosaics) is for method 'ncfm' only")
+        if self.classes is not None and (not self.classes or list(self.classes) != sorted(set(self.classes))
+                                         or self.classes[0] < 0):
+            raise ValueError(f"classes must be a non-empty, sorted list of distinct class indices, got {self.classes}")
         return self
 
     @classmethod
@@ -108,6 +115,15 @@ class DistillConfig(StageConfig):
             base.update(lr_img=1e-3, batch_real=1024, init="mix")
         base.update(overrides)
         return cls.model_validate(base)
+
+
+def distilled_classes(cfg: DistillConfig, num_classes: int) -> list[int]:
+    """The classes ``cfg`` distils: ``cfg.classes`` (checked against ``num_classes``) or all of them."""
+    if cfg.classes is None:
+        return list(range(num_classes))
+    if cfg.classes[-1] >= num_classes:
+        raise ConfigError(f"classes: index {cfg.classes[-1]} is out of range for {num_classes} classes")
+    return list(cfg.classes)
 
 
 class BaselineConfig(StageConfig):

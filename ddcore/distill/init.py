@@ -1,13 +1,16 @@
 """Initial synthetic images and NCFM multi-formation (2x2 mosaics).
 
-All functions are deterministic given a generator; images are float32 ``[N, C, H, W]``.
+All functions are deterministic given a seed; images are float32 ``[N, C, H, W]``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
+from ddcore.distill.checkpoint import iteration_generator
 from ddcore.errors import DataError
 from ddcore.sampling import RealSampler
 
@@ -23,20 +26,25 @@ def check_ipc(sampler: RealSampler, ipc: int, *, need: int = 1) -> None:
             )
 
 
-def initial_images(sampler: RealSampler, *, ipc: int, init: str, generator: torch.Generator) -> torch.Tensor:
-    """``[K * ipc, C, H, W]`` normalised images, class-major: real samples, noise, or 2x2 mosaics.
+def initial_images(sampler: RealSampler, *, ipc: int, init: str, seed: int,
+                   classes: Sequence[int] | None = None) -> torch.Tensor:
+    """``[len(classes) * ipc, C, H, W]`` normalised images, class-major: real samples, noise, or 2x2 mosaics.
 
-    For ``mix`` the result is in normalised space too; each image is a mosaic of four real images of
-    its class, each downsampled by 2 (multi-formation, factor 2).
+    Class ``c`` draws from its own generator ``(seed, -1, "init:c")``, so a class group gets the same
+    initial images as in a run over every class. For ``mix`` the result is in normalised space too;
+    each image is a mosaic of four real images of its class, each downsampled by 2 (multi-formation).
     """
-    k = sampler.num_classes
+    classes = list(range(sampler.num_classes)) if classes is None else list(classes)
     c, h, w = sampler.image_shape
-    if init == "noise":
-        return torch.randn(k * ipc, c, h, w, generator=generator)
     need = 4 if init == "mix" else 1
-    check_ipc(sampler, ipc, need=need)
+    if init != "noise":
+        check_ipc(sampler, ipc, need=need)
     out = []
-    for cls in range(k):
+    for cls in classes:
+        generator = iteration_generator(seed, -1, f"init:{cls}")
+        if init == "noise":
+            out.append(torch.randn(ipc, c, h, w, generator=generator))
+            continue
         imgs = sampler.sample(cls, ipc * need, generator)
         if init == "mix":
             small = F.interpolate(imgs, size=(h // 2, w // 2), mode="bilinear", align_corners=False)

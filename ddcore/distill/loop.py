@@ -1,7 +1,8 @@
 """The distillation driver shared by DM, HDD and NCFM: init, steps, checkpoints, NaN guard, output.
 
-Every random draw of iteration ``i`` comes from :func:`~ddcore.distill.checkpoint.iteration_generator`
-``(seed, i)``, so a run resumed from a checkpoint is bit-for-bit the uninterrupted run on CPU.
+Every random draw of iteration ``i`` comes from :class:`~ddcore.distill.checkpoint.IterationRng`
+``(seed, i)`` (a shared stream and one per class), so a run resumed from a checkpoint is bit-for-bit
+the uninterrupted run on CPU, and ``cfg.classes`` distils one class group of a fanned-out run.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ddcore.distill.checkpoint import iteration_generator, load_checkpoint, save_checkpoint
-from ddcore.distill.config import DistillConfig
+from ddcore.distill.checkpoint import IterationRng, load_checkpoint, save_checkpoint
+from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
 from ddcore.distill.ncfm import NCFMStep
@@ -69,8 +70,9 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     """
     dev = torch.device(device)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    labels = torch.arange(sampler.num_classes).repeat_interleave(cfg.ipc)
-    images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, generator=iteration_generator(cfg.seed, -1, "init"))
+    classes = distilled_classes(cfg, sampler.num_classes)
+    labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.ipc)
+    images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, seed=cfg.seed, classes=classes)
     pool = _pool(sampler, cfg, dev, ckdir, pool)
     if cfg.method == "ncfm":
         step: MatchingStep | NCFMStep = NCFMStep(sampler, cfg, dev, pool)
@@ -93,7 +95,7 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     for it in range(start, cfg.iterations):
         if stop_after is not None and it >= stop_after:
             break
-        metrics = step(syn, labels.to(dev), opt, iteration_generator(cfg.seed, it))
+        metrics = step(syn, labels.to(dev), opt, IterationRng(cfg.seed, it))
         if not math.isfinite(metrics["loss"]) or not torch.isfinite(syn).all():
             raise DistillationError(
                 f"{cfg.method}: NaN/Inf in the loss or synthetic images at iteration {it}; last good "
@@ -107,7 +109,8 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
         if ckdir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_after):
             save_checkpoint(ckdir, {"iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
                                     "step": step.state(), "config_digest": cfg.digest(), "history": history,
-                                    "rng": {"scheme": "sha256(seed:iteration:role)", "seed": cfg.seed}})
+                                    "rng": {"scheme": "sha256(seed:iteration:role), role iter|class:<c>",
+                                            "seed": cfg.seed}})
             last_good = str(ckdir)
     return _result(sampler, cfg, step, syn.detach().cpu(), labels, history)
 

@@ -9,14 +9,15 @@ same gradients. One image-optimiser step follows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ddcore.augment.dsa import DSAParams, draw_params
 from ddcore.distill.batches import siamese_batches
-from ddcore.distill.config import DistillConfig
+from ddcore.distill.checkpoint import IterationRng
+from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
 from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import build_network, reinit_
@@ -25,10 +26,11 @@ from ddcore.sampling import RealSampler
 FeatureLoss = Callable[..., torch.Tensor]
 
 
-def class_chunks(num_classes: int, chunk: int | None) -> list[list[int]]:
-    """Class groups of size ``chunk`` (one group with every class when ``None``)."""
-    size = num_classes if chunk is None else max(1, chunk)
-    return [list(range(s, min(s + size, num_classes))) for s in range(0, num_classes, size)]
+def class_chunks(classes: Sequence[int], chunk: int | None) -> list[list[int]]:
+    """``classes`` in groups of ``chunk`` (one group with every class when ``None``)."""
+    classes = list(classes)
+    size = len(classes) if chunk is None else max(1, chunk)
+    return [classes[s : s + size] for s in range(0, len(classes), max(1, size))]
 
 
 def feature_loss(cfg: DistillConfig) -> FeatureLoss:
@@ -44,7 +46,7 @@ def feature_loss(cfg: DistillConfig) -> FeatureLoss:
 
 
 class MatchingStep:
-    """Callable step ``(syn, labels, optimizer, generator) -> loss`` for DM or HDD.
+    """Callable step ``(syn, labels, optimizer, rng) -> loss`` for DM or HDD (``cfg.classes`` only).
 
     Args:
         sampler: real images per class.
@@ -69,25 +71,24 @@ class MatchingStep:
         del state
 
     def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator) -> dict[str, float]:
-        cfg, k = self.cfg, self.sampler.num_classes
-        reinit_(self.net, int(torch.randint(2**62, (1,), generator=generator).item()))
+                 rng: IterationRng) -> dict[str, float]:
+        cfg = self.cfg
+        reinit_(self.net, int(torch.randint(2**62, (1,), generator=rng.shared).item()))
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for chunk in class_chunks(k, cfg.class_chunk):
-            total += self._chunk_loss(chunk, syn, labels, generator)
+        for chunk in class_chunks(distilled_classes(cfg, self.sampler.num_classes), cfg.class_chunk):
+            total += self._chunk_loss(chunk, syn, labels, rng)
         optimizer.step()
         return {"loss": total}
 
-    def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator) -> float:
+    def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor, rng: IterationRng) -> float:
         cfg = self.cfg
 
         def draw(n: int, shape: tuple[int, ...], g: torch.Generator) -> DSAParams:
             return draw_params(cfg.dsa_strategy, batch=n, image_shape=shape, generator=g, siamese=True)  # type: ignore[arg-type]
 
         b = siamese_batches(self.sampler, chunk, syn, labels, batch_real=cfg.batch_real, draw=draw,
-                            generator=generator, device=self.device)
+                            rng=rng, device=self.device)
         with torch.no_grad():
             fr = embed(self.net, b.real)
         fs = embed(self.net, b.syn)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from ddcore.augment.dsa import IDC_STRATEGY, DSAParams, apply, draw_sequence, parse_strategy
 from ddcore.distill.batches import siamese_batches
-from ddcore.distill.config import DistillConfig
+from ddcore.distill.checkpoint import IterationRng
+from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
 from ddcore.distill.pool import FeaturePool
@@ -30,7 +31,13 @@ from ddcore.sampling import RealSampler
 
 
 class NCFMStep:
-    """Callable step ``(syn_pixels, labels, optimizer, generator) -> metrics`` for NCFM."""
+    """Callable step ``(syn_pixels, labels, optimizer, rng) -> metrics`` for NCFM (``cfg.classes`` only).
+
+    The frequencies, the feature net and the calibration draw come from ``rng.shared``; each class's
+    real batch and augmentation from ``rng.for_class(c)``. Without ψ and calibration a class group
+    distilled alone therefore gets the same images as in the full run; ψ (trained against the classes
+    it sees) and the CE calibration (a mean over the set) make a class-group run a variant.
+    """
 
     def __init__(self, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
                  pool: FeaturePool | None = None) -> None:
@@ -71,8 +78,9 @@ class NCFMStep:
         return self.normalise(x), y
 
     def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator) -> dict[str, float]:
+                 rng: IterationRng) -> dict[str, float]:
         cfg, o, k = self.cfg, self.cfg.ncfm, self.sampler.num_classes
+        generator = rng.shared
         final_model = self._pick_net(generator)
         xs, ys = self.decoded(syn, labels)
         fams = self.families
@@ -80,15 +88,15 @@ class NCFMStep:
         def draw(n: int, shape: tuple[int, ...], g: torch.Generator) -> DSAParams:
             return draw_sequence(fams, batch=n, image_shape=shape, generator=g, siamese=True)  # type: ignore[arg-type]
 
-        b = siamese_batches(self.sampler, range(k), xs, ys, batch_real=cfg.batch_real, draw=draw,
-                            generator=generator, device=self.device)
-        with torch.no_grad():
-            fr = fast_embed(self.net, b.real)
-        fs = fast_embed(self.net, b.syn)
         if self.psi is not None:
             t = self.psi(generator)
         else:
-            t = gaussian_frequencies(o.num_freqs, fs.shape[1], generator=generator, device=self.device)
+            t = gaussian_frequencies(o.num_freqs, self.net.embed_dim, generator=generator, device=self.device)
+        b = siamese_batches(self.sampler, distilled_classes(cfg, k), xs, ys, batch_real=cfg.batch_real, draw=draw,
+                            rng=rng, device=self.device)
+        with torch.no_grad():
+            fr = fast_embed(self.net, b.real)
+        fs = fast_embed(self.net, b.syn)
         loss = ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale,
                                  real_labels=b.real_labels, syn_labels=b.syn_labels, num_classes=k)
         optimizer.zero_grad(set_to_none=True)

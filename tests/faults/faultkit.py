@@ -2,8 +2,8 @@
 
 * a small Fashion-MNIST-format folder shared by the whole session (stage keys include its path, so every
   run of the suite's config has the same keys and can be compared output by output);
-* the pipeline config used by the fault tests (7 stages: ingest, baseline, distill random/dm, evaluate x2,
-  report; MLflow off unless asked for);
+* the pipeline config used by the fault tests (ingest, baseline rounds + aggregate, distill random/dm,
+  evaluation rounds + aggregate x2, report; MLflow off unless asked for);
 * helpers to run ``ddflow`` in a subprocess (its own process group, so ``kill -9`` takes the temporary
   Prefect server with it) or in-process through typer's ``CliRunner``;
 * :func:`fingerprint`: what must not change when a run is disturbed: the sha256 of every dataset,

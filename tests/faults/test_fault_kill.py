@@ -50,31 +50,38 @@ def test_sigkill_during_ingest_then_rerun(fault_config: Path, prefect_homes: lis
     assert fingerprint(root) == fingerprint(subprocess_reference)
 
 
+def _published_rounds(root: Path, index: int) -> list[Path]:
+    return [p for p in root.glob("evaluate_round/*/ref.json")
+            if json.loads((p.parent / "results.json").read_text())["index"] == index]
+
+
 def test_sigkill_during_evaluation_resumes_at_the_next_round(fault_config: Path, prefect_homes: list[Path],
                                                              subprocess_reference: Path, tmp_path: Path) -> None:
-    """Killed right after evaluation round 0 was checkpointed: the re-run shows every stage finished before the
-    kill as Cached, reuses round 0 (its recorded wall time is the killed run's), computes the other rounds,
-    and ends with the outputs of an undisturbed run."""
+    """Killed while evaluation round 1 of a set is being written (each round is its own task): the re-run shows
+    every stage finished before the kill as Cached, reuses round 0 (its record is the killed run's),
+    computes the other rounds, and ends with the outputs of an undisturbed run."""
     root = tmp_path / "root"
-    env = cli_env(prefect_homes[0], DDFLOW_FAULT_SLEEP="evaluate:step0:300")
+    env = cli_env(prefect_homes[0], DDFLOW_FAULT_SLEEP="evaluate_round:step1:300")
     proc = start_cli(fault_config, root, env, tmp_path / "killed.log")
-    first = wait_for(lambda: list(root.glob("_checkpoints/evaluate/*/round-000.json")), proc, "evaluation round 0")
+    wait_for(lambda: _published_rounds(root, 0) and list(root.glob("evaluate_round/.*.tmp-*/results.json")), proc,
+             "evaluation round 1 being written")
     time.sleep(0.2)
     kill_group(proc)
-    ckpt = first[0].parent
-    saved = json.loads(first[0].read_text())
-    assert not (ckpt / "round-001.json").exists() and not (root / "evaluate" / ckpt.name / "ref.json").exists()
+    round0 = _published_rounds(root, 0)[0]
+    saved = round0.read_text()
+    assert not _published_rounds(root, 1) and not list(root.glob("evaluate/*/ref.json"))
     finished = computed(root)
-    assert len(finished) >= 3  # ingest, baseline and the evaluated set at least
+    assert len(finished) >= 5  # ingest, baseline rounds and aggregate, the evaluated set, its round 0
 
     again = run_cli(fault_config, root, prefect_homes[0])
     assert again.returncode == 0, again.stderr[-3000:]
     flags = stage_flags(root)
     assert flags["ingest"] and sum(flags.values()) == len(finished)
     assert {k: v for k, v in computed(root).items() if k in finished} == finished
-    results = json.loads((root / "evaluate" / ckpt.name / "results.json").read_text())
-    assert results["rounds"][0] == saved and len(results["rounds"]) == 3
-    assert not ckpt.exists() and temp_leftovers(root) == []
+    assert round0.read_text() == saved
+    results = json.loads(next(root.glob("evaluate/*/results.json")).read_text())
+    assert len(results["rounds"]) == 3
+    assert temp_leftovers(root) == []
     assert fingerprint(root) == fingerprint(subprocess_reference)
 
 

@@ -65,5 +65,6 @@ def test_tracking_store_lost_mid_run(fault_data: Path, inprocess_reference: Path
     shown = invoke("lineage", summary(root)["report"], "--root", str(root), "--json")
     assert shown.exit_code == 0, shown.output
     tree = json.loads(shown.output)
-    assert _stages(tree) == {"report", "evaluate", "distill", "baseline", "ingest"}
+    assert _stages(tree) == {"report", "evaluate", "evaluate_round", "distill", "baseline",
+                                  "baseline_round", "ingest"}
     assert tree["problem"] is None
