@@ -1,0 +1,47 @@
+"""Fan-out in the flow: a distillation split into class-group tasks plus a merge gives the set of the
+single-task run, and evaluation runs one task per round (seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+pytest_plugins = ["orchestration_fixtures"]
+
+
+def _config(path: Path, fmnist: Path) -> Path:
+    path.write_text(f"""
+name: fan
+ipcs: [2]
+data: {{source: {{kind: fashion_mnist, root: {fmnist}}}, shard_size: 50}}
+methods:
+  dm: {{iterations: 3, width: 8, batch_real: 8, checkpoint_every: 0}}
+evaluation: {{epochs: 2, width: 8, num_eval: 2}}
+tracking: {{enabled: false}}
+""")
+    return path
+
+
+def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: Path, prefect_harness: None) -> None:
+    """class_groups: 3 runs DM as three class-group tasks and a merge; the merged set has the single task's
+    labels and images (to float tolerance) and records its groups; each evaluation round is its own task."""
+    from ddcore.data.synthetic_io import load_synthetic
+    from flows.distill import distill_flow
+
+    cfg = _config(tmp_path / "c.yaml", fake_fmnist)
+    one = distill_flow(str(cfg), [], str(tmp_path / "one"))
+    three = distill_flow(str(cfg), ["class_groups=3"], str(tmp_path / "three"))
+    names = [s["name"] for s in three["stages"]]
+    assert [n for n in names if n.startswith("distill/dm/ipc2/")] == [
+        "distill/dm/ipc2/classes0-2", "distill/dm/ipc2/classes3-6", "distill/dm/ipc2/classes7-9"]
+    assert "distill/dm/ipc2" in names and not any(s["cached"] for s in three["stages"])
+    assert [n for n in names if n.startswith("evaluate/dm/ipc2/")] == ["evaluate/dm/ipc2/round0",
+                                                                       "evaluate/dm/ipc2/round1"]
+    assert [n for n in names if n.startswith("baseline/ipc2/")] == ["baseline/ipc2/round0", "baseline/ipc2/round1"]
+    a = load_synthetic(next(r["artifact"] for r in one["results"] if r["method"] == "dm"))
+    b = load_synthetic(next(r["artifact"] for r in three["results"] if r["method"] == "dm"))
+    assert torch.equal(a.labels, b.labels) and a.config == b.config
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
+    assert b.extra["class_groups"] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]] and len(b.extra["parts"]) == 3
+    assert next(r for r in three["results"] if r["method"] == "dm")["n_eval"] == 2
