@@ -15,6 +15,7 @@ from ddcore.data.ingest import IngestConfig
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.errors import ConfigError
 from ddcore.evaluate.protocol import EvalConfig
+from ddcore.evaluate.teacher import TeacherConfig
 from ddcore.latent.ddoq import DDOQConfig
 from ddcore.latent.vae import VAEConfig
 from ddcore.prune.core import PruneConfig
@@ -38,6 +39,18 @@ class PostPruneConfig(PruneConfig):
     back to ``ipc``, so the report shows pruned vs unpruned vs distilled-directly."""
 
     methods: list[str] = []
+
+
+class SoftLabelConfig(StageConfig):
+    """Soft-label evaluation (methods.md §5.4): a teacher trained on the real data (stage ``train_teacher``)
+    gives KL targets at temperature ``temperature`` on every augmented batch. Each listed method's sets are
+    evaluated a second time this way (rows ``<method>+soft``) beside a random baseline under the same
+    teacher; the hard-label rows stay, so every method remains comparable. ``temperature`` 20 is D4M's
+    script value (its argparse default is 3)."""
+
+    teacher: TeacherConfig = TeacherConfig()
+    temperature: float = Field(20.0, gt=0)
+    methods: list[str] = ["ddoq", "d4m"]
 
 
 class TrackingConfig(StageConfig):
@@ -64,6 +77,7 @@ class RunConfig(StageConfig):
     methods: dict[str, dict[str, Any]] = {}
     core_set: CoreSetConfig | None = None
     prune: PostPruneConfig | None = None
+    soft_labels: SoftLabelConfig | None = None
     vae: VAEConfig = VAEConfig()
     encode: EncodeConfig = EncodeConfig()
     evaluation: EvalConfig = EvalConfig()
@@ -83,10 +97,11 @@ class RunConfig(StageConfig):
                 raise ConfigError(f"ipcs: IPC must be >= 1, got {ipc}")
             for name in self.methods:
                 self.method_config(name, ipc)
-        for section in (self.core_set, self.prune):
+        for section in (self.core_set, self.prune, self.soft_labels):
             for name in section.methods if section else []:
                 if name not in self.methods:
-                    raise ConfigError(f"'{name}' is listed for pruning but not under methods; add it there")
+                    raise ConfigError(f"'{name}' is listed for pruning or soft labels but not under methods; "
+                                      "add it there")
         return self
 
     def method_config(self, name: str, ipc: int) -> DistillConfig | BaselineConfig | DDOQConfig:
@@ -99,6 +114,11 @@ class RunConfig(StageConfig):
         if name in SELECT_METHODS:
             return BaselineConfig.from_mapping({"method": name, "ipc": ipc, **over}, where=where)
         return DDOQConfig.from_mapping({"variant": name, "ipc": ipc, **over}, where=where)
+
+    def soft_eval(self) -> EvalConfig:
+        """The evaluation recipe of the soft-label rows (``evaluation`` at the section's temperature)."""
+        assert self.soft_labels is not None
+        return self.evaluation.model_copy(update={"soft_label_temperature": self.soft_labels.temperature})
 
     def post_prune_ipc(self, ipc: int) -> int:
         """IPC to distil at so that pruning keeps ``ipc`` per class."""

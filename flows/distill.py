@@ -39,10 +39,11 @@ from tasks.prune import PRUNE
 from tasks.refs import ArtifactRef
 from tasks.report import REPORT, read_report
 from tasks.store import ArtifactStore
+from tasks.teacher import TRAIN_TEACHER
 from tasks.tracking import Tracker
 
-STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "distill", "merge", "prune", "evaluate_round",
-          "evaluate", "baseline_round", "baseline", "report")
+STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "train_teacher", "distill", "merge", "prune",
+          "evaluate_round", "evaluate", "baseline_round", "baseline", "report")
 
 
 def load_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
@@ -106,19 +107,24 @@ class Branches:
         merge_inputs = {"dataset": inputs["dataset"], **parts}
         return self.submit(MERGE, MergeConfig(parts=len(parts)), merge_inputs, label=label), label
 
-    def evaluate(self, syn: Any, data: ArtifactRef, label: str) -> None:
-        """``num_eval`` round tasks (one per seed) and the aggregate ``evaluate`` task of one set."""
-        ev = EvaluateConfig(eval=self.cfg.evaluation)
+    def evaluate(self, syn: Any, data: ArtifactRef, label: str, teacher: ArtifactRef | None = None) -> None:
+        """``num_eval`` round tasks (one per seed) and the aggregate ``evaluate`` task of one set; with a
+        ``teacher``, under the soft-label protocol."""
+        ev = (EvaluateConfig(eval=self.cfg.soft_eval(), teacher=True) if teacher is not None
+              else EvaluateConfig(eval=self.cfg.evaluation))
+        extra = {"teacher": teacher} if teacher is not None else {}
         rounds = {round_name(i): self.submit(EVALUATE_ROUND, EvalRoundConfig(evaluate=ev, index=i),
-                                             {"dataset": data, "synthetic": syn}, label=f"{label}/round{i}")
+                                             {"dataset": data, "synthetic": syn, **extra}, label=f"{label}/round{i}")
                   for i in range(ev.eval.num_eval)}
         self.submit(EVALUATE, ev, {"synthetic": syn, **rounds}, label=label, device="cpu")
 
-    def baseline(self, data: ArtifactRef, ipc: int, label: str) -> None:
+    def baseline(self, data: ArtifactRef, ipc: int, label: str, teacher: ArtifactRef | None = None) -> None:
         """The random-subset baseline of ``ipc``: one task per round, then the aggregate."""
-        bc = BaselineEvalConfig(eval=self.cfg.evaluation, ipc=ipc)
+        bc = (BaselineEvalConfig(eval=self.cfg.soft_eval(), ipc=ipc, teacher=True) if teacher is not None
+              else BaselineEvalConfig(eval=self.cfg.evaluation, ipc=ipc))
+        extra = {"teacher": teacher} if teacher is not None else {}
         rounds = {round_name(i): self.submit(BASELINE_ROUND, BaselineRoundConfig(baseline=bc, index=i),
-                                             {"dataset": data}, label=f"{label}/round{i}")
+                                             {"dataset": data, **extra}, label=f"{label}/round{i}")
                   for i in range(bc.eval.num_eval)}
         self.submit(BASELINE, bc, rounds, label=label, device="cpu")
 
@@ -169,12 +175,18 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
             vae = step(TRAIN_VAE, cfg.vae, {"dataset": data}, device=device)
             lat = step(ENCODE_LATENTS, cfg.encode, {"dataset": data, "vae": vae}, device=device)
             latent_inputs = {"vae": vae, "latents": lat}
+        teacher = None
+        if cfg.soft_labels is not None and cfg.soft_labels.methods:
+            teacher = step(TRAIN_TEACHER, cfg.soft_labels.teacher, {"dataset": data}, device=device)
         fan = Branches(run, cfg, step, num_classes=open_artifact(data.uri, verify="none").meta.num_classes)
         report_inputs: dict[str, str] = {}
         if cfg.random_baseline:
             for ipc in cfg.ipcs:
                 fan.baseline(data, ipc, f"baseline/ipc{ipc}")
                 report_inputs[f"baseline/{ipc}"] = f"baseline/ipc{ipc}"
+                if teacher is not None:
+                    fan.baseline(data, ipc, f"baseline/ipc{ipc}/soft", teacher=teacher)
+                    report_inputs[f"baseline/{ipc}/soft"] = f"baseline/ipc{ipc}/soft"
         for ipc in cfg.ipcs:
             for name in cfg.methods:
                 inputs: dict[str, Any] = {"dataset": data}
@@ -190,11 +202,13 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                     lbl = f"prune/{name}/ipc{big_ipc}->{ipc}"
                     sets[f"{name}+prune"] = (fan.submit(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
                                                         label=lbl), lbl)
+                soft = teacher is not None and name in cfg.soft_labels.methods  # type: ignore[union-attr]
                 for label, (fut, set_label) in sets.items():
-                    ev = f"evaluate/{label}/ipc{ipc}"
-                    fan.evaluate(fut, data, ev)
-                    report_inputs[f"set/{label}/{ipc}"] = set_label
-                    report_inputs[f"eval/{label}/{ipc}"] = ev
+                    for row, tch in [(label, None)] + ([(f"{label}+soft", teacher)] if soft else []):
+                        ev = f"evaluate/{row}/ipc{ipc}"
+                        fan.evaluate(fut, data, ev, teacher=tch)
+                        report_inputs[f"set/{row}/{ipc}"] = set_label
+                        report_inputs[f"eval/{row}/{ipc}"] = ev
         refs = fan.collect()
         rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc),
                    {name: refs[label] for name, label in report_inputs.items()})

@@ -11,11 +11,17 @@ from ddcore.evaluate.protocol import EvalConfig
 
 
 class EvaluateConfig(StageConfig):
-    """Evaluation stage: ``eval`` recipe; per-image weights and soft labels of the set on/off."""
+    """Evaluation stage: ``eval`` recipe; per-image weights and soft labels of the set on/off.
+
+    ``teacher``: the soft-label protocol (methods.md §5.4): the stage's ``teacher`` input (a network
+    trained on the real data, stage ``train_teacher``) gives KL(softmax(teacher/T) ‖ softmax(student/T))
+    targets on every augmented batch, T = ``eval.soft_label_temperature``; per-image weights still apply.
+    """
 
     eval: EvalConfig
     use_weights: bool = True
     use_soft_labels: bool = True
+    teacher: bool = False
 
 
 class BaselineEvalConfig(StageConfig):
@@ -25,6 +31,7 @@ class BaselineEvalConfig(StageConfig):
     eval: EvalConfig
     ipc: int = Field(ge=1)
     subset_seed: int = 100
+    teacher: bool = False
 
 
 class EvalRoundConfig(StageConfig):

@@ -78,6 +78,20 @@ def _aggregate(inputs: dict[str, ArtifactRef], num_eval: int, eval_digest: str) 
     return rounds, [r["acc"] for r in rounds]
 
 
+def _teacher(inputs: dict[str, ArtifactRef], wanted: bool, num_classes: int, image_shape: tuple[int, ...],
+             device: str) -> Any:
+    """The soft-label teacher network when the config asks for it (input ``teacher``), else ``None``."""
+    if not wanted:
+        return None
+    if "teacher" not in inputs:
+        raise DataError("the evaluation config asks for a soft-label teacher but no 'teacher' input was given; "
+                        "add a soft_labels section to the run config")
+    from ddcore.evaluate.teacher import load_teacher
+
+    return load_teacher(inputs["teacher"].uri, device, num_classes=num_classes,
+                        image_shape=image_shape)  # type: ignore[arg-type]
+
+
 def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig, out: str,
                          ctx: StageContext) -> dict:
     """Round ``config.index``: train a fresh network on the synthetic set, test on the real test split."""
@@ -86,9 +100,11 @@ def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig
     test_x, test_y = data.load_split(test_split(data))
     sset = load_synthetic(inputs["synthetic"].uri)
     ev, i = config.evaluate, config.index
+    teacher = _teacher(inputs, ev.teacher, sset.num_classes, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
                              num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
-                             soft_labels=sset.soft_labels if ev.use_soft_labels else None, device=ctx.device)
+                             soft_labels=sset.soft_labels if ev.use_soft_labels else None, teacher=teacher,
+                             device=ctx.device)
     doc = {"kind": "synthetic-round", "index": i, "eval_config_digest": ev.eval.digest(), **_run_dict(run)}
     _write(out, doc)
     ctx.log_metrics(i, {"acc": run.acc})
@@ -103,8 +119,9 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     test_x, test_y = data.load_split(test_split(data))
     bc, i, k = config.baseline, config.index, data.meta.num_classes
     x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
+    teacher = _teacher(inputs, bc.teacher, k, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,
-                             device=ctx.device)
+                             teacher=teacher, device=ctx.device)
     doc = {"kind": "random-round", "index": i, "eval_config_digest": bc.eval.digest(), **_run_dict(run),
            "subset_seed": bc.subset_seed + i}
     _write(out, doc)
@@ -122,7 +139,7 @@ def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: 
     _write(out, {"kind": "synthetic", "synthetic": syn.uri, "synthetic_digest": syn.sha256,
                  "method": sset.method, "ipc": sset.ipc, "n_images": int(sset.images.shape[0]), "protocol": ec.label,
                  "eval_config_digest": ec.digest(), "rounds": rounds, "accs": accs, "acc_mean": mean,
-                 "acc_std": std})
+                 "acc_std": std, "labels": "teacher" if config.teacher else "set"})
     ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
     return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
 
@@ -133,7 +150,8 @@ def baseline_stage(inputs: dict[str, ArtifactRef], config: BaselineEvalConfig, o
     rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
     mean, std = summarize(accs)
     _write(out, {"kind": "random", "ipc": config.ipc, "protocol": ec.label, "eval_config_digest": ec.digest(),
-                 "rounds": rounds, "accs": accs, "acc_mean": mean, "acc_std": std})
+                 "rounds": rounds, "accs": accs, "acc_mean": mean, "acc_std": std,
+                 "labels": "teacher" if config.teacher else "hard"})
     ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
     return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
 

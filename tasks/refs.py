@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import ddcore
 
 ArtifactKind = Literal[
-    "dataset", "synthetic", "features", "latents", "vae", "model", "eval", "report", "other"
+    "dataset", "synthetic", "features", "latents", "vae", "teacher", "model", "eval", "report", "other"
 ]
 """What a stage output is. ``dataset`` and ``synthetic`` outputs must be dataset artifacts (``dataset.json``)."""
 

@@ -1,7 +1,8 @@
 """Stage ``report``: one table of results from the evaluation outputs, plus plots.
 
 Inputs are named ``eval/<label>/<ipc>`` (a set's evaluation), ``baseline/<ipc>`` (random subsets of
-that IPC) and ``set/<label>/<ipc>`` (the evaluated synthetic set). Accuracies are fractions. IOR is
+that IPC; ``baseline/<ipc>/soft`` under the soft-label teacher, paired with ``<method>+soft`` rows) and
+``set/<label>/<ipc>`` (the evaluated synthetic set). Accuracies are fractions. IOR is
 paired by round (same network seed); HLR/LRS need a full-data accuracy (``full_data_acc``).
 Output: ``results.json`` and ``accuracy_vs_ipc.png``.
 """
@@ -41,10 +42,12 @@ def build_rows(inputs: dict[str, ArtifactRef], config: ReportConfig) -> list[dic
             continue
         label, ipc = parts[1], int(parts[2])
         res = read_results(ref.uri)
-        base = read_results(inputs[f"baseline/{ipc}"].uri) if f"baseline/{ipc}" in inputs else None
+        bkey = f"baseline/{ipc}/soft" if label.endswith("+soft") else f"baseline/{ipc}"
+        base = read_results(inputs[bkey].uri) if bkey in inputs else None
         row: dict[str, Any] = {"method": label, "ipc": ipc, "acc_mean": res["acc_mean"], "acc_std": res["acc_std"],
                                "n_eval": len(res["accs"]), "random_mean": None, "random_std": None, "ior": None,
-                               "hlr": None, "lrs": None, "protocol": res["protocol"], "n_images": res["n_images"]}
+                               "hlr": None, "lrs": None, "protocol": res["protocol"], "n_images": res["n_images"],
+                               "labels": res.get("labels", "set")}
         if base is not None:
             iors = [ior(a, b) for a, b in zip(res["accs"], base["accs"], strict=False)]
             row.update(random_mean=base["acc_mean"], random_std=base["acc_std"], ior=summarize(iors)[0])

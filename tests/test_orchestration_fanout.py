@@ -45,3 +45,27 @@ def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: 
     torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
     assert b.extra["class_groups"] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]] and len(b.extra["parts"]) == 3
     assert next(r for r in three["results"] if r["method"] == "dm")["n_eval"] == 2
+
+
+def test_soft_label_rows_use_the_teacher_trained_on_real_data(fake_fmnist: Path, tmp_path: Path,
+                                                               prefect_harness: None) -> None:
+    """With a soft_labels section, a teacher is trained once on the real data and every listed method's set is
+    evaluated a second time under its KL targets (row ``<method>+soft``, same set), paired with a random
+    baseline under the same teacher; the hard-label rows are unchanged."""
+    import json
+
+    from flows.distill import distill_flow
+
+    cfg = _config(tmp_path / "c.yaml", fake_fmnist)
+    soft = ["soft_labels={teacher: {width: 8, epochs: 2}, temperature: 4.0, methods: [dm]}"]
+    hard = distill_flow(str(cfg), [], str(tmp_path / "hard"))
+    both = distill_flow(str(cfg), soft, str(tmp_path / "soft"))
+    rows = {r["method"]: r for r in both["results"]}
+    assert set(rows) == {"dm", "dm+soft"} and rows["dm+soft"]["digest"] == rows["dm"]["digest"]
+    assert rows["dm+soft"]["labels"] == "teacher" and rows["dm"]["labels"] == "set"
+    assert rows["dm"]["acc_mean"] == next(r for r in hard["results"] if r["method"] == "dm")["acc_mean"]
+    names = [s["name"] for s in both["stages"]]
+    assert names.count("train_teacher") == 1 and "baseline/ipc2/soft" in names
+    bases = [json.loads(p.read_text()) for p in (tmp_path / "soft" / "baseline").glob("*/results.json")]
+    assert sorted(b["labels"] for b in bases) == ["hard", "teacher"]
+    assert rows["dm+soft"]["random_mean"] == next(b["acc_mean"] for b in bases if b["labels"] == "teacher")

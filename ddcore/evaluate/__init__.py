@@ -9,7 +9,8 @@ from ddcore.evaluate.suite import (
     evaluate_with_baseline,
     random_subset,
 )
-from ddcore.evaluate.train import EvalRun, top1_accuracy, train_and_evaluate
+from ddcore.evaluate.teacher import TeacherConfig, TeacherError, load_teacher, save_teacher, train_teacher
+from ddcore.evaluate.train import EvalRun, top1_accuracy, train_and_evaluate, train_network
 
 __all__ = [
     "BEST_LABEL",
@@ -17,15 +18,21 @@ __all__ = [
     "EvalConfig",
     "EvalRun",
     "EvalSummary",
+    "TeacherConfig",
+    "TeacherError",
     "ars",
     "check_fraction",
     "evaluate_set",
     "evaluate_with_baseline",
     "hlr",
     "ior",
+    "load_teacher",
     "lrs",
     "random_subset",
+    "save_teacher",
     "summarize",
     "top1_accuracy",
     "train_and_evaluate",
+    "train_network",
+    "train_teacher",
 ]

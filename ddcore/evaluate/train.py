@@ -184,6 +184,38 @@ def train_and_evaluate(
     Raises:
         DataError: the training and test tensors do not fit together (shape, labels, weights).
     """
+    return train_network(train_images, train_labels, test_images, test_labels, config=config, seed=seed,
+                         num_classes=num_classes, weights=weights, soft_labels=soft_labels, teacher=teacher,
+                         device=device, progress=progress, test_batch_size=test_batch_size)[1]
+
+
+def train_network(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    config: EvalConfig,
+    seed: int,
+    num_classes: int,
+    weights: torch.Tensor | None = None,
+    soft_labels: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    test_batch_size: int = 1000,
+) -> tuple[nn.Module, EvalRun]:
+    """:func:`train_and_evaluate` that also returns the trained network (on ``device``, in training mode).
+
+    Same arguments, same training and the same :class:`EvalRun`; used where the network itself is the
+    product (e.g. the soft-label teacher, :mod:`ddcore.evaluate.teacher`).
+
+    Returns:
+        ``(net, run)``: the trained network and the same :class:`EvalRun` ``train_and_evaluate`` returns.
+
+    Raises:
+        DataError: the training and test tensors do not fit together (shape, labels, weights).
+    """
     check_eval_inputs(train_images, train_labels, test_images, test_labels, num_classes=num_classes,
                       weights=weights, soft_labels=soft_labels)
     started = time.perf_counter()
@@ -249,9 +281,9 @@ def train_and_evaluate(
         selected = max(test_accs, key=lambda k: (test_accs[k], -k))
     else:
         selected = config.passes
-    return EvalRun(acc=test_accs[selected], losses=losses, seed=seed, selected_epoch=selected,
-                   protocol=config.label, test_accs=test_accs, lr_per_pass=lr_used, num_train=n,
-                   seconds=time.perf_counter() - started)
+    return net, EvalRun(acc=test_accs[selected], losses=losses, seed=seed, selected_epoch=selected,
+                        protocol=config.label, test_accs=test_accs, lr_per_pass=lr_used, num_train=n,
+                        seconds=time.perf_counter() - started)
 
 
 def _per_sample_loss(
