@@ -196,15 +196,20 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_file(), reason="Debian dataset-fashion-mnist not installed")
 def test_fashion_mnist_vae_beats_mean_image() -> None:
-    """On 1024 Fashion-MNIST images, 2 epochs of the default VAE reconstruct (L1) better than the
-    mean image."""
+    """A demo-sized VAE (blocks 16/32/32, 4x7x7 latents) trained 2 epochs on 1024 real Fashion-MNIST images
+    reconstructs 512 held-out images with a lower pixel MSE than the train set's mean image (measured on
+    CPU: 0.060 vs 0.087 for the mean image, pixels in [0, 1]; asserted with margin: < 0.8x)."""
     import numpy as np
 
     with gzip.open(FMNIST) as fh:
         raw = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    x = torch.from_numpy(raw[:1024].astype(np.float32) / 255.0)
-    cfg = VAEConfig(epochs=2, batch_size=64)
+    x = torch.from_numpy(raw[:1536].astype(np.float32) / 255.0)
+    train, held = x[:1024], x[1024:]
+    cfg = VAEConfig(epochs=2, batch_size=64, block_out_channels=(16, 32, 32), norm_num_groups=16,
+                    mid_block_attention=False)
     vae = build_vae(cfg, 1, 28)
-    train_vae(vae, x, cfg)
-    baseline = float((x - x.mean(0, keepdim=True)).abs().mean())
-    assert recon_l1(vae, x) < baseline
+    train_vae(vae, train, cfg)
+    recon = decode(vae, encode(vae, held), image_size=28, clamp=False)
+    mse = float((recon - held).square().mean())
+    baseline = float((held - train.mean(0, keepdim=True)).square().mean())
+    assert mse < 0.8 * baseline, (mse, baseline)
