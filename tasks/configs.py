@@ -16,12 +16,14 @@ class EvaluateConfig(StageConfig):
     ``teacher``: the soft-label protocol (methods.md §5.4): the stage's ``teacher`` input (a network
     trained on the real data, stage ``train_teacher``) gives KL(softmax(teacher/T) ‖ softmax(student/T))
     targets on every augmented batch, T = ``eval.soft_label_temperature``; per-image weights still apply.
+    ``checkpoint_every``: passes between checkpoints inside a round (a killed round resumes there).
     """
 
     eval: EvalConfig
     use_weights: bool = True
     use_soft_labels: bool = True
     teacher: bool = False
+    checkpoint_every: int = Field(50, ge=0)
 
 
 class BaselineEvalConfig(StageConfig):
@@ -32,6 +34,7 @@ class BaselineEvalConfig(StageConfig):
     ipc: int = Field(ge=1)
     subset_seed: int = 100
     teacher: bool = False
+    checkpoint_every: int = Field(50, ge=0)
 
 
 class EvalRoundConfig(StageConfig):

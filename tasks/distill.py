@@ -53,7 +53,7 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: DistillConfig | Baseli
     keep = load_keep(inputs["features"].uri) if "features" in inputs else None
     sampler = ArtifactSampler(art, "train", keep=keep)
     if isinstance(config, DistillConfig):
-        sset = distill(sampler, config, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir,
+        sset = distill(sampler, config, device=ctx.device, checkpoint_dir=ctx.local_checkpoint_dir,
                        log=lambda it, m: ctx.log_metrics(it, m))
     elif isinstance(config, BaselineConfig):
         sset = select_baseline(sampler, config, device=ctx.device)

@@ -22,7 +22,7 @@ from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
-from ddcore.evaluate.train import train_and_evaluate
+from ddcore.evaluate.train import EpochCheckpoint, train_and_evaluate
 from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
 from tasks.refs import ArtifactRef
 from tasks.stage import StageContext, make_stage_task
@@ -78,6 +78,10 @@ def _aggregate(inputs: dict[str, ArtifactRef], num_eval: int, eval_digest: str) 
     return rounds, [r["acc"] for r in rounds]
 
 
+def _checkpoint(ctx: StageContext, every: int) -> EpochCheckpoint | None:
+    return EpochCheckpoint(ctx.local_checkpoint_dir, every) if every else None
+
+
 def _teacher(inputs: dict[str, ArtifactRef], wanted: bool, num_classes: int, image_shape: tuple[int, ...],
              device: str) -> Any:
     """The soft-label teacher network when the config asks for it (input ``teacher``), else ``None``."""
@@ -104,7 +108,7 @@ def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig
     run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
                              num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
                              soft_labels=sset.soft_labels if ev.use_soft_labels else None, teacher=teacher,
-                             device=ctx.device)
+                             device=ctx.device, checkpoint=_checkpoint(ctx, ev.checkpoint_every))
     doc = {"kind": "synthetic-round", "index": i, "eval_config_digest": ev.eval.digest(), **_run_dict(run)}
     _write(out, doc)
     ctx.log_metrics(i, {"acc": run.acc})
@@ -121,7 +125,7 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
     teacher = _teacher(inputs, bc.teacher, k, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,
-                             teacher=teacher, device=ctx.device)
+                             teacher=teacher, device=ctx.device, checkpoint=_checkpoint(ctx, bc.checkpoint_every))
     doc = {"kind": "random-round", "index": i, "eval_config_digest": bc.eval.digest(), **_run_dict(run),
            "subset_seed": bc.subset_seed + i}
     _write(out, doc)

@@ -20,7 +20,7 @@ from tasks.stage import StageContext, make_stage_task
 
 def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
-    _, digest = train_or_load_vae(inputs["dataset"].uri, config, out, checkpoint_dir=ctx.checkpoint_dir,
+    _, digest = train_or_load_vae(inputs["dataset"].uri, config, out, checkpoint_dir=ctx.local_checkpoint_dir,
                                   device=ctx.device, log=lambda step, m: ctx.log_metrics(step, m))
     return {"seconds": time.perf_counter() - t0, "vae_digest": digest}
 

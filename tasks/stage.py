@@ -102,6 +102,19 @@ class StageContext:
     attempt: int = 0
     run: StageRun | None = None
 
+    @property
+    def local_checkpoint_dir(self) -> Path:
+        """A local folder for loops that save with ``torch.save``: ``checkpoint_dir`` itself for a local
+        store; for a remote store (``s3://`` ...) a scratch folder ``<tmp>/ddflow-checkpoints/<stage>/<key>``
+        on this machine, so a retry on the same machine still resumes."""
+        if "://" not in self.checkpoint_dir:
+            return Path(self.checkpoint_dir)
+        import tempfile
+
+        path = Path(tempfile.gettempdir()) / "ddflow-checkpoints" / self.stage / self.key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking)."""
         if self.run is not None:

@@ -13,6 +13,7 @@ import time
 
 from ddcore.data import open_artifact
 from ddcore.evaluate.teacher import TeacherConfig, save_teacher, train_teacher
+from ddcore.evaluate.train import EpochCheckpoint
 from tasks.evaluate import test_split
 from tasks.refs import ArtifactKind, ArtifactRef
 from tasks.stage import StageContext, make_stage_task
@@ -34,7 +35,8 @@ def teacher_stage(inputs: dict[str, ArtifactRef], config: TeacherConfig, out: st
         ctx.log_metrics(ep, {"teacher_train_loss": loss})
 
     net, metrics = train_teacher((train_x, train_y), test_x, test_y, config=config, num_classes=k,
-                                 device=ctx.device, progress=progress)
+                                 device=ctx.device, progress=progress,
+                                 checkpoint=EpochCheckpoint(ctx.local_checkpoint_dir, every=5))
     acc = float(metrics["test_acc"])
     ctx.log_metrics(config.epochs, {"teacher_test_acc": acc})
     ctx.logger.info("train_teacher: %s test accuracy %.4f on %s after %d epochs (%d train images)",

@@ -198,3 +198,36 @@ def test_evaluate_set_records_seeds_and_baseline_gives_paired_ior_hlr_lrs() -> N
     wrong = TensorSampler(*blobs(3, seed=5), num_classes=K, mean=(0.5,), std=(1.0,))
     with pytest.raises(DataError):
         evaluate_with_baseline(syn, wrong, *TEST, config=cfg)
+
+
+@pytest.mark.parametrize("recipe", ["dm", "ncfm"])
+def test_killed_evaluation_resumes_to_the_uninterrupted_run(tmp_path, recipe: str) -> None:
+    """A run killed after pass 4 (past the DM recipe's halfway lr decay) and resumed from its every-2-passes
+    checkpoint ends with the uninterrupted run's losses, test accuracies, learning rates and weights; a
+    checkpoint of another seed is ignored."""
+    from ddcore.evaluate.train import EpochCheckpoint, train_network
+
+    cfg = tiny() if recipe == "dm" else EvalConfig.ncfm_protocol(epochs=6, width=8, depth=2, num_eval=1,
+                                                                   batch_size=16, test_every=2)
+    ck = EpochCheckpoint(tmp_path / "ck", every=2)
+    net_a, a = train_network(*TRAIN, *TEST, config=cfg, seed=3, num_classes=K)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_4(ep: int, passes: int, loss: float) -> None:
+        if ep + 1 == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_network(*TRAIN, *TEST, config=cfg, seed=3, num_classes=K, checkpoint=ck, progress=kill_after_4)
+    assert (tmp_path / "ck" / "loop.pt").is_file()
+    seen: list[int] = []
+    net_b, b = train_network(*TRAIN, *TEST, config=cfg, seed=3, num_classes=K, checkpoint=ck,
+                             progress=lambda ep, n, loss: seen.append(ep))
+    assert seen[0] == 4  # continued after the pass-4 checkpoint
+    assert (a.losses, a.test_accs, a.lr_per_pass, a.acc) == (b.losses, b.test_accs, b.lr_per_pass, b.acc)
+    assert all(torch.equal(p, q) for p, q in zip(net_a.state_dict().values(), net_b.state_dict().values(),
+                                                 strict=True))
+    other = train_network(*TRAIN, *TEST, config=cfg, seed=4, num_classes=K, checkpoint=ck)[1]
+    assert other == train_and_evaluate(*TRAIN, *TEST, config=cfg, seed=4, num_classes=K)

@@ -31,7 +31,7 @@ from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.errors import DataError, WeightsError
 from ddcore.evaluate.protocol import EvalConfig
-from ddcore.evaluate.train import Progress, train_network
+from ddcore.evaluate.train import EpochCheckpoint, Progress, train_network
 from ddcore.nets.registry import build_network, check_network_name
 from ddcore.sampling import RealSampler
 
@@ -117,8 +117,9 @@ def train_teacher(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> tuple[nn.Module, dict[str, float | int]]:
-    """Train the teacher on the real training data and test it.
+    """Train the teacher on the real training data and test it (resumable through ``checkpoint``).
 
     Args:
         train: a :class:`~ddcore.sampling.RealSampler` over the real train split, or ``(images, labels)``:
@@ -144,7 +145,8 @@ def train_teacher(
         images, labels = sampler_tensors(train)
         num_classes = train.num_classes if num_classes is None else num_classes
     net, run = train_network(images, labels, test_images, test_labels, config=config.to_eval_config(),
-                             seed=config.seed, num_classes=num_classes, device=device, progress=progress)
+                             seed=config.seed, num_classes=num_classes, device=device, progress=progress,
+                             checkpoint=checkpoint)
     net.eval().requires_grad_(False)
     metrics: dict[str, float | int] = {
         "test_acc": run.acc, "train_loss": run.losses[-1], "epochs": config.epochs, "num_train": run.num_train,

@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +19,29 @@ from torch import nn
 
 from ddcore.augment.cutmix import CutMixDraw, apply_cutmix, draw_cutmix
 from ddcore.augment.dsa import apply, draw_ncfm_eval_params, draw_params
+from ddcore.distill.checkpoint import load_checkpoint, save_checkpoint
 from ddcore.errors import DataError
 from ddcore.evaluate.protocol import EvalConfig, lr_at
 from ddcore.nets.registry import build_network
 
 Progress = Callable[[int, int, float], None]
 """Called after every pass with ``(pass_index, num_passes, mean_training_loss)``."""
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """Where and how often (in passes) an evaluation run saves its state; ``every = 0`` only resumes."""
+
+    directory: Path
+    every: int = 50
+
+
+def _run_tag(config: EvalConfig, seed: int, images: torch.Tensor, labels: torch.Tensor) -> str:
+    """Identifies a run (recipe, seed, training set) so a checkpoint of another run is never resumed."""
+    h = hashlib.sha256(f"{config.digest()}:{seed}:{tuple(images.shape)}".encode())
+    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -165,6 +183,7 @@ def train_and_evaluate(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     test_batch_size: int = 1000,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> EvalRun:
     """Train ``config.network`` from ``seed`` on the training set and return its test accuracy.
 
@@ -180,13 +199,16 @@ def train_and_evaluate(
             (takes precedence over ``soft_labels``).
         device: where to train. progress: called after every pass.
         test_batch_size: test-time batch size (does not change results).
+        checkpoint: save the run's state every ``checkpoint.every`` passes and resume from it (bit-for-bit
+            on CPU), so a killed long evaluation continues from its last saved pass.
 
     Raises:
         DataError: the training and test tensors do not fit together (shape, labels, weights).
     """
     return train_network(train_images, train_labels, test_images, test_labels, config=config, seed=seed,
                          num_classes=num_classes, weights=weights, soft_labels=soft_labels, teacher=teacher,
-                         device=device, progress=progress, test_batch_size=test_batch_size)[1]
+                         device=device, progress=progress, test_batch_size=test_batch_size,
+                         checkpoint=checkpoint)[1]
 
 
 def train_network(
@@ -204,6 +226,7 @@ def train_network(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
     test_batch_size: int = 1000,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> tuple[nn.Module, EvalRun]:
     """:func:`train_and_evaluate` that also returns the trained network (on ``device``, in training mode).
 
@@ -240,7 +263,19 @@ def train_network(
     lr_used: list[float] = []
     test_accs: dict[int, float] = {}
     shape = (c, s, s)
-    for ep in range(config.passes):
+    start = 0
+    tag = _run_tag(config, seed, train_images, train_labels)
+    state = load_checkpoint(checkpoint.directory) if checkpoint is not None else None
+    if state is not None and state.get("tag") == tag:
+        net.load_state_dict(state["net"])
+        lr = float(state["lr"])
+        optimizer = _make_optimizer(config, net, lr)
+        optimizer.load_state_dict(state["optimizer"])
+        shuffle_gen.set_state(state["shuffle"])
+        aug_gen.set_state(state["augment"])
+        start, losses, lr_used = int(state["passes"]), list(state["losses"]), list(state["lr_used"])
+        test_accs = {int(k): float(v) for k, v in state["test_accs"]}
+    for ep in range(start, config.passes):
         if config.lr_schedule != "dm_halfway":
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, ep)
@@ -275,6 +310,11 @@ def train_network(
         if (config.test_every and done % config.test_every == 0) or done == config.passes:
             test_accs[done] = top1_accuracy(net, test_images, test_labels, device=device,
                                             batch_size=test_batch_size)
+        if checkpoint is not None and checkpoint.every and (done % checkpoint.every == 0) and done < config.passes:
+            save_checkpoint(checkpoint.directory, {
+                "tag": tag, "passes": done, "net": net.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr,
+                "shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(), "losses": losses,
+                "lr_used": lr_used, "test_accs": [[k, v] for k, v in test_accs.items()]})
         if progress is not None:
             progress(ep, config.passes, losses[-1])
     if config.selection == "best":
