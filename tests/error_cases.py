@@ -129,6 +129,12 @@ def _flip_byte(art: Path) -> None:
     shard.write_bytes(bytes(data))
 
 
+def _load_teacher(folder: Path) -> Any:
+    from ddcore.evaluate.teacher import load_teacher
+
+    return load_teacher(str(folder))
+
+
 def _vae_folder(tmp: Path, class_name: str, weights: bytes | None) -> str:
     folder = tmp / "vae"
     folder.mkdir()
@@ -335,6 +341,7 @@ CASES: dict[str, CaseFn] = {
     "runner-serve": lambda t, f: Case(args=["serve", run_config(t, f), "--interval", "60"], context=_no_prefect_api),
     "runner-ray-api": lambda t, f: Case(args=["run", run_config(t, f, "methods: {random: {}}\nrunner: {kind: ray}")],
                                         env={"PREFECT_API_URL": ""}),
+    "weights-teacher-missing": lambda t, f: Case(call=lambda: _load_teacher(t / "no-teacher")),
     "runner-ray-gpus": lambda t, f: Case(call=lambda: _fake_ray(cpus=2.0, gpus=0.0)),
     "runner-lock-timeout": lambda t, f: Case(call=lambda: _lock_timeout(t)),
     # distillation and stages
