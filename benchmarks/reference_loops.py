@@ -49,7 +49,7 @@ class ReferenceStyleStep:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss)
+                total += float(loss.detach())
             return {"loss": total}
         loss = torch.zeros((), device=self.device)
         for c in range(self.sampler.num_classes):
@@ -66,4 +66,4 @@ class ReferenceStyleStep:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return {"loss": float(loss)}
+        return {"loss": float(loss.detach())}
