@@ -225,3 +225,17 @@ def test_memory_store_through_the_same_code(toy_env: Path) -> None:
             pass
     finally:
         fsspec.filesystem("memory").rm("/ddflow-test-store", recursive=True)
+
+
+def test_loops_get_a_local_checkpoint_folder_for_any_root(tmp_path: Path) -> None:
+    """A stage's torch.save loops get a real local folder: the checkpoint folder itself for a local root, a
+    per-(stage, key) scratch folder for a remote one (never a relative 'memory:/...' path in the cwd)."""
+    from tasks.stage import StageContext
+
+    local = StageContext(stage="distill", key="k" * 20, checkpoint_dir=str(tmp_path / "ck"), device="cpu", seed=0)
+    assert local.local_checkpoint_dir == tmp_path / "ck"
+    remote = StageContext(stage="distill", key="k" * 20, checkpoint_dir="memory://r/_checkpoints/distill/" + "k" * 20,
+                          device="cpu", seed=0)
+    path = remote.local_checkpoint_dir
+    assert path.is_absolute() and path.is_dir() and path.parts[-2:] == ("distill", "k" * 20)
+    assert not Path("memory:").exists()
