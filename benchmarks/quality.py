@@ -95,6 +95,21 @@ def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, devi
     raise SystemExit(f"unknown method {method}")
 
 
+def write_results(args: argparse.Namespace, budget: dict, ecfg: EvalConfig, rows: list[dict], *,
+                  complete: bool) -> list[str]:
+    """Write the JSON and markdown table of ``rows`` to ``args.out`` (rewritten after every row)."""
+    out = {"benchmark": "quality", "dataset": "fashion-mnist", "budget": args.budget, "budget_settings": budget,
+           "eval_protocol": ecfg.label, "eval_config": ecfg.model_dump(mode="json"), "device": args.device,
+           "complete": complete, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    md = ["| IPC | method | acc (%) | random (%) | IOR (pts) |", "|---|---|---|---|---|"]
+    md += [f"| {r['ipc']} | {r['method']} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} | "
+           f"{100 * r['random_mean']:.1f} ± {100 * r['random_std']:.1f} | {100 * r['ior']:+.1f} |" for r in rows]
+    Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ipcs", default="10")
@@ -133,17 +148,10 @@ def main() -> None:
                          "eval_seeds": res.seeds, "random_mean": rm, "random_std": rs, "random_accs": rdm_accs,
                          "ior": im, "ior_std": istd, "distill_seconds": t_set, "n_images": int(sset.images.shape[0]),
                          "weighted": sset.weights is not None})
+            write_results(args, budget, ecfg, rows, complete=False)  # a long run keeps what it finished
             print(f"ipc {ipc:>3} {method:<8} acc {100 * res.mean:5.1f} ± {100 * res.std:4.1f}   random "
                   f"{100 * rm:5.1f} ± {100 * rs:4.1f}   IOR {100 * im:+5.1f}   ({t_set:.0f}s)", flush=True)
-    out = {"benchmark": "quality", "dataset": "fashion-mnist", "budget": args.budget, "budget_settings": budget,
-           "eval_protocol": ecfg.label, "eval_config": ecfg.model_dump(mode="json"), "device": args.device,
-           "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    md = ["| IPC | method | acc (%) | random (%) | IOR (pts) |", "|---|---|---|---|---|"]
-    md += [f"| {r['ipc']} | {r['method']} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} | "
-           f"{100 * r['random_mean']:.1f} ± {100 * r['random_std']:.1f} | {100 * r['ior']:+.1f} |" for r in rows]
-    Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
+    md = write_results(args, budget, ecfg, rows, complete=True)
     print("\n".join(md))
 
 
