@@ -25,7 +25,8 @@ tracking: {{enabled: false}}
 
 def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: Path, prefect_harness: None) -> None:
     """class_groups: 3 runs DM as three class-group tasks and a merge; the merged set has the single task's
-    labels and images (to float tolerance) and records its groups; each evaluation round is its own task."""
+    labels and images (to float tolerance) and records its groups; each evaluation round is its own task;
+    the merged set's lineage leads through its three parts to the ingested data."""
     from ddcore.data.synthetic_io import load_synthetic
     from flows.distill import distill_flow
 
@@ -45,6 +46,16 @@ def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: 
     torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
     assert b.extra["class_groups"] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]] and len(b.extra["parts"]) == 3
     assert next(r for r in three["results"] if r["method"] == "dm")["n_eval"] == 2
+    from tasks.lineage import build_lineage, lineage_json, resolve_record
+    from tasks.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "three"))
+    dm_digest = next(r["digest"] for r in three["results"] if r["method"] == "dm")
+    tree = lineage_json(build_lineage(store, resolve_record(store, dm_digest)))  # lineage of the merged set
+    assert tree["stage"] == "merge"
+    assert sorted(c["input_name"] for c in tree["inputs"] if c["stage"] == "distill") == ["part-000", "part-001",
+                                                                                         "part-002"]
+    assert all(c["inputs"][0]["stage"] == "ingest" for c in tree["inputs"] if c["stage"] == "distill")
 
 
 def test_soft_label_rows_use_the_teacher_trained_on_real_data(fake_fmnist: Path, tmp_path: Path,
