@@ -7,6 +7,7 @@ stages plus everything downstream. The flow writes ``<root>/runs/<name>/summary.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,12 +32,12 @@ from tasks.configs import (
     ReportConfig,
 )
 from tasks.distill import DISTILL
-from tasks.evaluate import BASELINE, BASELINE_ROUND, EVALUATE, EVALUATE_ROUND, round_name
+from tasks.evaluate import BASELINE, BASELINE_ROUND, EVALUATE, EVALUATE_ROUND, ROUND
 from tasks.features import EXTRACT_FEATURES
 from tasks.ingest import INGEST
-from tasks.merge import MERGE, part_name
+from tasks.merge import MERGE, PART
 from tasks.prune import PRUNE
-from tasks.refs import ArtifactRef
+from tasks.refs import ArtifactRef, numbered
 from tasks.report import REPORT, read_report
 from tasks.store import ArtifactStore
 from tasks.teacher import TRAIN_TEACHER
@@ -78,20 +79,14 @@ class Branches:
 
     def __init__(self, run: PipelineRun, cfg: RunConfig, timeline: Timeline, *, num_classes: int) -> None:
         self.run, self.cfg, self.timeline, self.num_classes = run, cfg, timeline, num_classes
-        self.pending: list[tuple[str, Any, float]] = []
-        self._pool = assign_devices(max(1, len(cuda_devices()))) if cfg.device == "auto" else [cfg.device]
-        self._next = 0
-
-    def device(self) -> str:
-        dev = self._pool[self._next % len(self._pool)]
-        self._next += 1
-        return dev
+        self.pending: list[tuple[str, Any]] = []
+        self._devices = itertools.cycle((cuda_devices() or ["cpu"]) if cfg.device == "auto" else [cfg.device])
 
     def submit(self, task: Any, config: Any, inputs: dict[str, Any], *, label: str,
                device: str | None = None) -> Any:
         with stage_options(self.cfg.runner, gpu="gpu" in task.tags):
-            fut = self.run.submit(task, config, inputs, device=device or self.device())
-        self.pending.append((label, fut, time.perf_counter()))
+            fut = self.run.submit(task, config, inputs, device=device or next(self._devices))
+        self.pending.append((label, fut))
         return fut
 
     def distill(self, name: str, ipc: int, inputs: dict[str, Any]) -> tuple[Any, str]:
@@ -101,7 +96,7 @@ class Branches:
         if not isinstance(cfg, DistillConfig) or self.cfg.class_groups == 1:
             return self.submit(DISTILL, cfg, inputs, label=label), label
         groups = group_configs(cfg, self.num_classes, self.cfg.class_groups)
-        parts = {part_name(i): self.submit(DISTILL, part, inputs,
+        parts = {numbered(PART, i): self.submit(DISTILL, part, inputs,
                                            label=f"{label}/classes{part.classes[0]}-{part.classes[-1]}")  # type: ignore[index]
                  for i, part in enumerate(groups)}
         merge_inputs = {"dataset": inputs["dataset"], **parts}
@@ -113,7 +108,7 @@ class Branches:
         ev = (EvaluateConfig(eval=self.cfg.soft_eval(), teacher=True) if teacher is not None
               else EvaluateConfig(eval=self.cfg.evaluation))
         extra = {"teacher": teacher} if teacher is not None else {}
-        rounds = {round_name(i): self.submit(EVALUATE_ROUND, EvalRoundConfig(evaluate=ev, index=i),
+        rounds = {numbered(ROUND, i): self.submit(EVALUATE_ROUND, EvalRoundConfig(evaluate=ev, index=i),
                                              {"dataset": data, "synthetic": syn, **extra}, label=f"{label}/round{i}")
                   for i in range(ev.eval.num_eval)}
         self.submit(EVALUATE, ev, {"synthetic": syn, **rounds}, label=label, device="cpu")
@@ -123,14 +118,14 @@ class Branches:
         bc = (BaselineEvalConfig(eval=self.cfg.soft_eval(), ipc=ipc, teacher=True) if teacher is not None
               else BaselineEvalConfig(eval=self.cfg.evaluation, ipc=ipc))
         extra = {"teacher": teacher} if teacher is not None else {}
-        rounds = {round_name(i): self.submit(BASELINE_ROUND, BaselineRoundConfig(baseline=bc, index=i),
+        rounds = {numbered(ROUND, i): self.submit(BASELINE_ROUND, BaselineRoundConfig(baseline=bc, index=i),
                                              {"dataset": data, **extra}, label=f"{label}/round{i}")
                   for i in range(bc.eval.num_eval)}
         self.submit(BASELINE, bc, rounds, label=label, device="cpu")
 
     def collect(self) -> dict[str, ArtifactRef]:
         refs = {}
-        for label, fut, _ in self.pending:
+        for label, fut in self.pending:
             ref = self.run.result(fut)
             cached = fut.state.name == "Cached"
             rec = self.run.store.read_record_at(ref.uri)
@@ -154,7 +149,7 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
 
     Shared stages (ingest, core set, VAE, latents) run in the flow; the per-(method, IPC) branches
     (distill [per class group + merge] -> prune -> evaluation rounds -> aggregate) and the random
-    baselines are submitted to the task runner, each task on a device from :func:`assign_devices`.
+    baselines are submitted to the task runner, each task on the next visible GPU (``cpu`` without one).
     """
     store = ArtifactStore(default_root(root))
     tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
@@ -249,12 +244,8 @@ def default_runner(cfg: RunnerConfig) -> RunnerConfig:
     """Thread pools get one worker per GPU (one on a CPU-only machine, where stages would only
     compete for the same cores) unless ``max_workers`` is set."""
     if cfg.kind == "threads" and cfg.max_workers is None:
-        return cfg.model_copy(update={"max_workers": max(1, len(_gpus()))})
+        return cfg.model_copy(update={"max_workers": max(1, len(cuda_devices()))})
     return cfg
-
-
-def _gpus() -> list[str]:
-    return cuda_devices()
 
 
 def run_with_runner(config_path: str, overrides: list[str] | None = None, root: str | None = None,

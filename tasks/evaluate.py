@@ -24,10 +24,12 @@ from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.train import EpochCheckpoint, train_and_evaluate
 from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
-from tasks.refs import ArtifactRef
+from tasks.refs import ArtifactRef, numbered, numbered_inputs
 from tasks.stage import StageContext, make_stage_task
 
 RESULTS = "results.json"
+ROUND = "round"
+"""Prefix of the aggregate stages' inputs: ``round-000``, ``round-001``, ..."""
 
 
 def test_split(data: Any) -> str:
@@ -56,24 +58,11 @@ def read_results(uri: str) -> dict:
     return json.loads(fs.cat_file(fsio.join(path, RESULTS)))
 
 
-def round_inputs(inputs: dict[str, ArtifactRef], num_eval: int) -> list[ArtifactRef]:
-    """The ``round-000`` ... inputs of an aggregate stage, checked to be exactly ``num_eval`` rounds."""
-    names = sorted(k for k in inputs if k.startswith("round-"))
-    want = [round_name(i) for i in range(num_eval)]
-    if names != want:
-        raise DataError(f"evaluation needs inputs {want[0]}..{want[-1]} ({num_eval} rounds), got {names or 'none'}")
-    return [inputs[n] for n in want]
-
-
-def round_name(i: int) -> str:
-    return f"round-{i:03d}"
-
-
 def _aggregate(inputs: dict[str, ArtifactRef], num_eval: int, eval_digest: str) -> tuple[list[dict], list[float]]:
-    rounds = [read_results(r.uri) for r in round_inputs(inputs, num_eval)]
+    rounds = [read_results(r.uri) for r in numbered_inputs(inputs, ROUND, num_eval, "evaluation")]
     for i, r in enumerate(rounds):
         if r.get("index") != i or r.get("eval_config_digest") != eval_digest:
-            raise DataError(f"{round_name(i)} was evaluated under another recipe or index; run the flow again")
+            raise DataError(f"{numbered(ROUND, i)} was evaluated under another recipe or index; run the flow again")
         r.pop("index"), r.pop("eval_config_digest"), r.pop("kind", None)
     return rounds, [r["acc"] for r in rounds]
 

@@ -13,26 +13,20 @@ import time
 from ddcore.data import open_artifact
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.distill.merge import merge_class_groups
-from ddcore.errors import DataError
 from tasks.configs import MergeConfig
 from tasks.distill import publish_synthetic
-from tasks.refs import ArtifactRef
+from tasks.refs import ArtifactRef, numbered_inputs
 from tasks.stage import StageContext, make_stage_task
 
-
-def part_name(i: int) -> str:
-    return f"part-{i:03d}"
+PART = "part"
+"""Prefix of the merge stage's inputs: ``part-000``, ``part-001``, ..."""
 
 
 def merge_stage(inputs: dict[str, ArtifactRef], config: MergeConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
-    names = [part_name(i) for i in range(config.parts)]
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise DataError(f"merge needs inputs {names[0]}..{names[-1]}; missing {missing[0]}")
-    parts = [load_synthetic(inputs[n].uri) for n in names]
-    sset = merge_class_groups(parts)
-    sset.extra["parts"] = [inputs[n].sha256 for n in names]
+    refs = numbered_inputs(inputs, PART, config.parts, "merge")
+    sset = merge_class_groups([load_synthetic(r.uri) for r in refs])
+    sset.extra["parts"] = [r.sha256 for r in refs]
     art = open_artifact(inputs["dataset"].uri, verify="none")
     publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{sset.ipc}", art.meta.classes,
                       {"kind": "merge", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest}, ctx)

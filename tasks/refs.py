@@ -147,3 +147,20 @@ def code_version_label(version: dict[str, Any] | None = None) -> str:
     if v.get("git"):
         label += f"+g{str(v['git'])[:8]}" + (".dirty" if v.get("dirty") else "")
     return label
+
+
+def numbered(prefix: str, i: int) -> str:
+    """The name of the ``i``-th of a stage's numbered inputs, e.g. ``round-000`` or ``part-002``."""
+    return f"{prefix}-{i:03d}"
+
+
+def numbered_inputs(inputs: dict[str, ArtifactRef], prefix: str, count: int, stage: str) -> list[ArtifactRef]:
+    """Inputs ``<prefix>-000`` ... in order, checked to be exactly ``count`` of them (one error line otherwise)."""
+    from ddcore.errors import DataError
+
+    want = [numbered(prefix, i) for i in range(count)]
+    names = sorted(k for k in inputs if k.startswith(f"{prefix}-"))
+    if names != want:
+        raise DataError(f"{stage} needs inputs {want[0]}..{want[-1]} ({count}), got {', '.join(names) or 'none'}; "
+                        "run it through the flow, which passes them")
+    return [inputs[n] for n in want]
