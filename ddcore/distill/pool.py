@@ -16,6 +16,7 @@ from torch import nn
 
 from ddcore.augment.dsa import DEFAULT_STRATEGY, apply, draw_params
 from ddcore.distill.checkpoint import iteration_generator
+from ddcore.errors import DataError
 from ddcore.nets.registry import build_network
 from ddcore.sampling import RealSampler
 
@@ -23,12 +24,19 @@ StateDict = dict[str, torch.Tensor]
 
 
 def all_real(sampler: RealSampler) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every real image of the sampler with its label: ``[N, C, H, W]``, ``[N]``."""
+    """Every real image of the sampler with its label, class by class: float32 ``[N, C, H, W]``, int64 ``[N]``.
+
+    Raises:
+        DataError: the sampler holds no image.
+    """
     xs, ys = [], []
     for c in range(sampler.num_classes):
         n = sampler.class_size(c)
-        xs.append(sampler.get(c, torch.arange(n)))
-        ys.append(torch.full((n,), c, dtype=torch.int64))
+        if n:
+            xs.append(sampler.get(c, torch.arange(n)).to(torch.float32))
+            ys.append(torch.full((n,), c, dtype=torch.int64))
+    if not xs:
+        raise DataError("the real training split is empty; ingest a dataset with a train split")
     return torch.cat(xs), torch.cat(ys)
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from ddcore.augment.dsa import DEFAULT_STRATEGY
 from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
+from ddcore.distill.pool import all_real
 from ddcore.errors import DataError, WeightsError
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.train import EpochCheckpoint, Progress, train_network
@@ -95,19 +96,6 @@ class TeacherConfig(StageConfig):
         ))
 
 
-def sampler_tensors(sampler: RealSampler) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of ``sampler``, class by class: float32 ``[N, C, H, W]`` and int64 ``[N]`` labels."""
-    xs, ys = [], []
-    for c in range(sampler.num_classes):
-        n = sampler.class_size(c)
-        if n:
-            xs.append(sampler.get(c, torch.arange(n)).to(torch.float32))
-            ys.append(torch.full((n,), c, dtype=torch.int64))
-    if not xs:
-        raise DataError("the real training split is empty; ingest a dataset with a train split")
-    return torch.cat(xs), torch.cat(ys)
-
-
 def train_teacher(
     train: RealSampler | tuple[torch.Tensor, torch.Tensor],
     test_images: torch.Tensor,
@@ -142,7 +130,7 @@ def train_teacher(
         if num_classes is None:
             raise DataError("train_teacher needs num_classes when given tensors; pass the dataset's num_classes")
     else:
-        images, labels = sampler_tensors(train)
+        images, labels = all_real(train)
         num_classes = train.num_classes if num_classes is None else num_classes
     net, run = train_network(images, labels, test_images, test_labels, config=config.to_eval_config(),
                              seed=config.seed, num_classes=num_classes, device=device, progress=progress,
