@@ -154,7 +154,8 @@ def main() -> None:
     sampler, data = real_sampler()
     rows = []
     for method in args.methods.split(","):
-        extra = {"ncfm": {"num_freqs": args.num_freqs, "factor": 1}, "lr_img": 1e-3} if method == "ncfm" else {}
+        extra = ({"ncfm": {"num_freqs": args.num_freqs, "factor": 1}, "lr_img": 1e-3, "init": "real"}
+                 if method == "ncfm" else {})
         cfg = DistillConfig(method=method, ipc=args.ipc, batch_real=args.batch_real, iterations=args.iterations,
                             **extra)
         labels = torch.arange(10).repeat_interleave(args.ipc)

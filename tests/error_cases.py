@@ -284,6 +284,13 @@ CASES: dict[str, CaseFn] = {
     "config-network": lambda t, f: Case(args=["run", run_config(t, f, "methods: {dm: {network: resnet99}}")]),
     "config-ipc": lambda t, f: Case(args=["run", run_config(t, f), "--set", "ipcs=[0]"]),
     "config-prune": lambda t, f: Case(args=["run", run_config(t, f, "methods: {random: {}}\nprune: {methods: [dm]}")]),
+    "config-ncfm-factor": lambda t, f: Case(args=["run", run_config(
+        t, f, "methods: {ncfm: {init: real, ncfm: {factor: 2}}}")]),
+    "config-ncfm-calibration": lambda t, f: Case(args=["run", run_config(
+        t, f, "methods: {ncfm: {ncfm: {calibration_weight: 1}}}")]),
+    "config-batch-norm": lambda t, f: Case(args=["run", run_config(t, f, "methods: {dm: {network: convnet-bn}}")]),
+    "config-prune-origin": lambda t, f: Case(args=["run", run_config(
+        t, f, "methods: {dm: {}}\nprune: {methods: [dm], reference: origin}")]),
     "config-run-name": lambda t, f: Case(args=["run", run_config(t, f), "--set", "name=../x"]),
     "config-force": lambda t, f: Case(args=["run", run_config(t, f), "--root", str(t / "root"), "--force", "distil"],
                                       flow=True),

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
-from ddcore.nets.registry import check_network_name
+from ddcore.nets.registry import check_network_name, uses_batch_norm
 
 
 class HDDOptions(StageConfig):
@@ -50,6 +50,27 @@ class NCFMOptions(StageConfig):
     pool: PoolOptions = PoolOptions()
     weight_decay: float = 5e-4
 
+    @model_validator(mode="before")
+    @classmethod
+    def _calibration_follows_pool(cls, data: object) -> object:
+        """Unset ``calibration_weight`` is 1 (the reference) with a pool and 0 without one."""
+        if isinstance(data, dict) and "calibration_weight" not in data:
+            pool = data.get("pool")
+            num_models = pool.get("num_models", 0) if isinstance(pool, dict) else getattr(pool, "num_models", 0)
+            data = {**data, "calibration_weight": 1.0 if num_models else 0.0}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> NCFMOptions:
+        if self.calibration_weight > 0 and self.pool.num_models == 0:
+            raise ValueError("calibration_weight > 0 needs the pretrained pool (the CE step uses its final "
+                             "models); set ncfm.pool.num_models > 0 or ncfm.calibration_weight: 0")
+        return self
+
+
+#: NCFM's reference settings, used for the keys a config leaves unset (DM/HDD keep the field defaults).
+NCFM_DEFAULTS: dict[str, object] = {"lr_img": 1e-3, "batch_real": 1024, "init": "mix"}
+
 
 class DistillConfig(StageConfig):
     """One distillation run.
@@ -63,9 +84,17 @@ class DistillConfig(StageConfig):
         lr_img: image learning rate; DM/HDD use SGD with ``momentum``; NCFM uses AdamW
             (reference effective lr 1e-3).
         batch_real: real images per class per iteration.
+        For ``method: ncfm`` the keys ``lr_img``, ``batch_real`` and ``init`` default to NCFM's reference
+        values (:data:`NCFM_DEFAULTS`), and an unset ``ncfm.factor`` is 2 with ``init: mix`` and 1
+        otherwise; ``factor: 2`` with ``init: real`` (each real image cut into four) is refused.
         dsa_strategy: Siamese augmentation families (DM/HDD); NCFM uses IDC color_crop_cutout.
         class_chunk: classes per forward pass; ``None`` = all classes in one pass (exact with
-            instance norm); smaller values trade speed for memory and give the same gradients.
+            instance norm or no norm); smaller values trade speed for memory and give the same
+            gradients. Every class's loss touches only that class's images and the optimisers act
+            per element, so ``class_chunk: 1`` is per-class stepping in effect (one pass and one
+            backward per class, gradients freed in between) with the update of a single step.
+            Batch-norm networks (``*-bn``) mix the classes of a pass, so they need ``class_chunk: 1``
+            (per-class passes, as in the reference code).
         seed: every random draw derives from it (init, per-iteration nets, batches, augmentation).
         classes: distil only these classes (one class group of a fanned-out run; merged later with
             :func:`~ddcore.distill.merge.merge_class_groups`); ``None`` = every class.
@@ -97,10 +126,30 @@ class DistillConfig(StageConfig):
     def _known_network(cls, v: str) -> str:
         return check_network_name(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: object) -> object:
+        """Fill NCFM's reference values for the keys an ``ncfm`` config leaves unset."""
+        if not isinstance(data, dict) or data.get("method") != "ncfm":
+            return data
+        data = {**NCFM_DEFAULTS, **data}
+        opts = data.get("ncfm")
+        if opts is None or isinstance(opts, dict):
+            opts = dict(opts or {})
+            opts.setdefault("factor", 2 if data["init"] == "mix" else 1)
+            data["ncfm"] = opts
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
         if self.init == "mix" and self.method != "ncfm":
             raise ValueError("init 'mix' (multi-formation mosaics) is for method 'ncfm' only")
+        if self.method == "ncfm" and self.init == "real" and self.ncfm.factor == 2:
+            raise ValueError("ncfm.factor 2 decodes each stored image as a 2x2 mosaic, but init 'real' stores "
+                             "whole real images; use init: mix or ncfm.factor: 1")
+        if uses_batch_norm(self.network) and self.class_chunk != 1:
+            raise ValueError(f"network '{self.network}' uses batch norm, which mixes the classes of a batched "
+                             "pass; set class_chunk: 1 (per-class passes) or use an instance-norm network")
         if self.classes is not None and (not self.classes or list(self.classes) != sorted(set(self.classes))
                                          or self.classes[0] < 0):
             raise ValueError(f"classes must be a non-empty, sorted list of distinct class indices, got {self.classes}")
@@ -109,12 +158,8 @@ class DistillConfig(StageConfig):
     @classmethod
     def reference(cls, method: str, **overrides: object) -> DistillConfig:
         """Published settings: DM/HDD lr 1, SGD momentum 0.5, 20k iterations, 256 real per class;
-        NCFM AdamW lr 1e-3, 1024 real per class, mix init with factor 2."""
-        base: dict[str, object] = {"method": method}
-        if method == "ncfm":
-            base.update(lr_img=1e-3, batch_real=1024, init="mix")
-        base.update(overrides)
-        return cls.model_validate(base)
+        NCFM AdamW lr 1e-3, 1024 real per class, mix init with factor 2 (the defaults of each method)."""
+        return cls.model_validate({"method": method, **overrides})
 
 
 def distilled_classes(cfg: DistillConfig, num_classes: int) -> list[int]:

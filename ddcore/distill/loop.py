@@ -7,6 +7,7 @@ the uninterrupted run on CPU, and ``cfg.classes`` distils one class group of a f
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from ddcore.distill.pool import FeaturePool, train_pool
 from ddcore.errors import DistillationError
 from ddcore.sampling import RealSampler
 from ddcore.synthetic import SyntheticSet
+
+_LOG = logging.getLogger(__name__)
 
 LogFn = Callable[[int, dict[str, float]], None]
 POOL_FILE = "pool.pt"
@@ -85,7 +88,11 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     opt = _optimizer(cfg, syn)
     start, history = 0, []
     state = load_checkpoint(ckdir)
-    if state is not None and state.get("config_digest") == cfg.digest():
+    if state is not None and state.get("config_digest") != cfg.digest():
+        _LOG.warning("checkpoint in %s was written by another config (digest %s, this run %s); starting from "
+                     "iteration 0 and overwriting it", ckdir, str(state.get("config_digest"))[:12], cfg.digest()[:12])
+        state = None
+    if state is not None:
         with torch.no_grad():
             syn.copy_(state["images"].to(dev))
         opt.load_state_dict(state["optimizer"])

@@ -8,11 +8,17 @@ synthetic batches of a class share one IDC augmentation draw (color, crop, cutou
 ``N(0, I)`` or come from the sampling net ψ, which ascends the same loss. With a pool, a CE
 calibration step on the final model follows (weight ``calibration_weight``).
 
+``class_chunk`` splits the classes into several forward passes; the loss is a sum over classes, so the
+accumulated gradients (images and ψ) are those of the single pass.
+
 Differences from the released code, kept deliberately: one image step per iteration for all classes
-(the reference steps per class), and no ReduceLROnPlateau on the image optimiser.
+(the reference steps per class); one frequency draw ``t`` per iteration shared by every class (the
+reference draws per loss call, i.e. per class); no ReduceLROnPlateau on the image optimiser.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,7 @@ from ddcore.distill.checkpoint import IterationRng
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
+from ddcore.distill.matching import class_chunks
 from ddcore.distill.pool import FeaturePool
 from ddcore.distill.sampling_net import FrequencySampler, build_psi_optimizer, gaussian_frequencies, psi_step
 from ddcore.nets.fast import fast_embed, prepare
@@ -92,26 +99,47 @@ class NCFMStep:
             t = self.psi(generator)
         else:
             t = gaussian_frequencies(o.num_freqs, self.net.embed_dim, generator=generator, device=self.device)
-        b = siamese_batches(self.sampler, distilled_classes(cfg, k), xs, ys, batch_real=cfg.batch_real, draw=draw,
-                            rng=rng, device=self.device)
-        with torch.no_grad():
-            fr = fast_embed(self.net, b.real)
-        fs = fast_embed(self.net, b.syn)
-        loss = ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale,
-                                 real_labels=b.real_labels, syn_labels=b.syn_labels, num_classes=k)
         optimizer.zero_grad(set_to_none=True)
         if self.psi_opt is not None:
             self.psi_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks = class_chunks(distilled_classes(cfg, k), cfg.class_chunk)
+        if len(chunks) == 1:
+            loss = self._chunk_loss(chunks[0], xs, ys, t, draw, rng)
+            loss.backward()
+            total = float(loss.detach())
+        else:  # accumulate d(loss)/d(images, t) per chunk, then one backward through decode and ψ
+            xs_leaf, t_leaf = xs.detach().requires_grad_(True), t.detach().requires_grad_(t.requires_grad)
+            total = 0.0
+            for chunk in chunks:
+                loss = self._chunk_loss(chunk, xs_leaf, ys, t_leaf, draw, rng)
+                loss.backward()
+                total += float(loss.detach())
+            outputs, grads = [xs], [xs_leaf.grad]
+            if t_leaf.grad is not None:
+                outputs.append(t)
+                grads.append(t_leaf.grad)
+            torch.autograd.backward(outputs, grads)
         optimizer.step()
         if self.psi_opt is not None:
             psi_step(self.psi_opt)
-        metrics = {"loss": float(loss.detach())}
+        metrics = {"loss": total}
         if final_model is not None and o.calibration_weight > 0:
             metrics["calibration"] = self._calibrate(syn, labels, optimizer, final_model, generator)
         with torch.no_grad():
             syn.clamp_(0.0, 1.0)
         return metrics
+
+    def _chunk_loss(self, chunk: list[int], xs: torch.Tensor, ys: torch.Tensor, t: torch.Tensor,
+                    draw: Callable[..., DSAParams], rng: IterationRng) -> torch.Tensor:
+        """The scaled NCFD summed over the classes of ``chunk`` (real batch and augmentation per class)."""
+        o = self.cfg.ncfm
+        b = siamese_batches(self.sampler, chunk, xs, ys, batch_real=self.cfg.batch_real, draw=draw,
+                            rng=rng, device=self.device)
+        with torch.no_grad():
+            fr = fast_embed(self.net, b.real)
+        fs = fast_embed(self.net, b.syn)
+        return ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale, real_labels=b.real_labels,
+                                 syn_labels=b.syn_labels, num_classes=self.sampler.num_classes)
 
     def _pick_net(self, generator: torch.Generator) -> torch.nn.Module | None:
         """Re-initialise or blend the feature net for this iteration; returns the pool's final model."""

@@ -53,6 +53,12 @@ def check_network_name(name: str) -> str:
     return name
 
 
+def uses_batch_norm(name: str) -> bool:
+    """Whether network ``name`` normalises over the batch (its features then depend on the batch)."""
+    spec = _SPECS.get(name.strip().lower())
+    return spec is not None and spec[1].get("norm") == "batchnorm"
+
+
 def build_network(
     name: str,
     *,

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.distill.features import embed_batched
@@ -24,8 +24,9 @@ from ddcore.synthetic import SyntheticSet
 class PruneConfig(StageConfig):
     """Hyperbolic pruning: keep ``fraction`` of each class ranked by Lorentz distance.
 
-    ``reference = origin`` degenerates when the clamp is active (every point at the same radius), so
-    ``centroid`` is the default.
+    ``reference = origin`` needs ``clamp_radius: null``: with the clamp every feature whose norm
+    exceeds the radius lands at the same distance from the origin, and the ranking falls back to
+    dataset order, so that combination is refused. ``centroid`` is the default.
     """
 
     fraction: float = Field(0.2, gt=0, le=1)
@@ -42,6 +43,14 @@ class PruneConfig(StageConfig):
     @classmethod
     def _known_network(cls, v: str) -> str:
         return check_network_name(v)
+
+    @model_validator(mode="after")
+    def _origin_needs_no_clamp(self) -> PruneConfig:
+        if self.reference == "origin" and self.clamp_radius is not None:
+            raise ValueError("reference 'origin' with clamp_radius set ranks clamped features that all lie at "
+                             "the same radius (dataset order decides); set clamp_radius: null or "
+                             "reference: centroid")
+        return self
 
 
 def _net(cfg: PruneConfig, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> torch.nn.Module:
