@@ -186,6 +186,27 @@ def test_ncfd_float32_is_accurate_for_nearly_equal_sets(seed, alpha, beta):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_ncfd_normalize_switch_uses_raw_or_unit_features(seed):
+    """normalize=False feeds raw features to Phi; the default equals raw NCFD of the unit-normalised
+    features, and the two differ for features off the unit sphere (the switch is live)."""
+    real, syn, t = (randn(seed + i, n, D, dtype=torch.float64) for i, n in enumerate((30, 4, 16)))
+    unit = (real / real.norm(dim=-1, keepdim=True), syn / syn.norm(dim=-1, keepdim=True))
+    default = ncfd(real, syn, t, **NCFD_KW)
+    assert torch.allclose(default, ncfd(*unit, t, normalize=False, **NCFD_KW), rtol=1e-12)
+    raw = ncfd(real, syn, t, normalize=False, **NCFD_KW)
+    oracle = (cf_raw(real, t) - cf_raw(syn, t)).abs().mean() / math.sqrt(2.0)
+    assert float(raw) == pytest.approx(float(oracle), abs=1e-10) and abs(float(raw - default)) > 1e-3
+    rl, sl = torch.zeros(30, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    batched = ncfd_batched(real, syn, t, real_labels=rl, syn_labels=sl, normalize=False, **NCFD_KW)
+    assert torch.allclose(batched, raw, rtol=1e-12)
+
+
+def cf_raw(f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Empirical characteristic function of raw (unnormalised) features: ``mean_i exp(j <t, f_i>)``."""
+    return torch.exp(1j * (f @ t.T)).mean(0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_ncfd_batched_equals_sum_of_per_class(seed):
     """ncfd_batched (shared t, per-class t, indexed) equals the sum of per-class ncfd; ncfm = scale * ncfd."""
     real, syn = randn(seed, 3, 40, D, dtype=torch.float64), randn(seed + 1, 3, 5, D, dtype=torch.float64)

@@ -34,11 +34,13 @@ class PoolOptions(StageConfig):
 
 
 class NCFMOptions(StageConfig):
-    """NCFM (methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2."""
+    """NCFM (methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2, L2-normalised
+    features (``normalize: false`` is an ablation that feeds raw features to the characteristic function)."""
 
     alpha: float = Field(0.5, ge=0)
     beta: float = Field(0.5, ge=0)
     scale: float = Field(300.0, gt=0)
+    normalize: bool = True
     num_freqs: int = Field(4096, ge=1)
     sampling_net: bool = False
     sampler_kind: Literal["mixture", "code"] = "mixture"

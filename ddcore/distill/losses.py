@@ -183,9 +183,9 @@ def hdd_loss_batched(
 # NCFM: neural characteristic function discrepancy
 
 
-def _char_fn(feat: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(cos, sin)`` of ``<t, f/|f|>``: ``[..., B, F]`` each."""
-    f = F.normalize(feat, p=2, dim=-1)
+def _char_fn(feat: torch.Tensor, t: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``(cos, sin)`` of ``<t, f/|f|>`` (``<t, f>`` without ``normalize``): ``[..., B, F]`` each."""
+    f = F.normalize(feat, p=2, dim=-1) if normalize else feat
     proj = f @ t.transpose(-1, -2)
     return torch.cos(proj), torch.sin(proj)
 
@@ -229,10 +229,12 @@ def ncfd(
     alpha: float,
     beta: float,
     eps: float = 1e-12,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Neural characteristic function discrepancy of one class (methods.md §4.1).
 
-    Features are L2-normalised; ``Phi(t) = mean_i exp(j <t, f_i>)`` (cos/sin means). Per frequency:
+    Features are L2-normalised (``normalize=False``, an ablation, uses them raw);
+    ``Phi(t) = mean_i exp(j <t, f_i>)`` (cos/sin means). Per frequency:
     ``amp = (|Phi_r| - |Phi_s|)^2``, ``phase = 2 |Phi_r| |Phi_s| (1 - cos(a_r - a_s))`` clamped ``>= eps``;
     the result is ``mean_t sqrt(alpha * amp + beta * phase)`` (argument also floored at ``eps``).
     With ``alpha = beta = 0.5`` this equals ``mean_t |Phi_r(t) - Phi_s(t)| / sqrt(2)``.
@@ -248,8 +250,8 @@ def ncfd(
     _check_feats(real_feat, syn_feat, 2)
     if t.ndim != 2 or t.shape[-1] != real_feat.shape[-1]:
         raise ValueError(f"t must be [F, D={real_feat.shape[-1]}], got {tuple(t.shape)}")
-    re_r, im_r = _char_fn(real_feat.detach(), t)
-    re_s, im_s = _char_fn(syn_feat, t)
+    re_r, im_r = _char_fn(real_feat.detach(), t, normalize)
+    re_s, im_s = _char_fn(syn_feat, t, normalize)
     return _ncfd_from_cf(
         re_r.mean(0), im_r.mean(0), re_s.mean(0), im_s.mean(0), alpha=alpha, beta=beta, eps=eps
     )
@@ -264,9 +266,10 @@ def ncfm_loss(
     beta: float,
     scale: float,
     eps: float = 1e-12,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """NCFM matching loss of one class: ``scale * ncfd(...)`` (``scale`` is 300 in the reference)."""
-    return scale * ncfd(real_feat, syn_feat, t, alpha=alpha, beta=beta, eps=eps)
+    return scale * ncfd(real_feat, syn_feat, t, alpha=alpha, beta=beta, eps=eps, normalize=normalize)
 
 
 def ncfd_batched(
@@ -280,6 +283,7 @@ def ncfd_batched(
     real_labels: torch.Tensor | None = None,
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Sum over classes of :func:`ncfd` (stacked ``[K, B, D]`` or indexed layout, see module doc).
 
@@ -293,8 +297,8 @@ def ncfd_batched(
     indexed = _indexed(real_feat, syn_feat, real_labels, syn_labels)
     if t.ndim not in (2, 3) or (indexed and t.ndim != 2) or t.shape[-1] != real_feat.shape[-1]:
         raise ValueError(f"t must be [F, D] (or [K, F, D] for stacked features), got {tuple(t.shape)}")
-    re_r, im_r = _char_fn(real_feat.detach(), t)
-    re_s, im_s = _char_fn(syn_feat, t)
+    re_r, im_r = _char_fn(real_feat.detach(), t, normalize)
+    re_s, im_s = _char_fn(syn_feat, t, normalize)
     if indexed:
         num_classes, present = _present_classes(real_labels, syn_labels, num_classes)
         stats = [
@@ -318,6 +322,7 @@ def ncfm_loss_batched(
     real_labels: torch.Tensor | None = None,
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """``scale *`` :func:`ncfd_batched`."""
     return scale * ncfd_batched(
@@ -330,4 +335,5 @@ def ncfm_loss_batched(
         real_labels=real_labels,
         syn_labels=syn_labels,
         num_classes=num_classes,
+        normalize=normalize,
     )

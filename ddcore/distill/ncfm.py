@@ -139,7 +139,8 @@ class NCFMStep:
             fr = fast_embed(self.net, b.real)
         fs = fast_embed(self.net, b.syn)
         return ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale, real_labels=b.real_labels,
-                                 syn_labels=b.syn_labels, num_classes=self.sampler.num_classes)
+                                 syn_labels=b.syn_labels, num_classes=self.sampler.num_classes,
+                                 normalize=o.normalize)
 
     def _pick_net(self, generator: torch.Generator) -> torch.nn.Module | None:
         """Re-initialise or blend the feature net for this iteration; returns the pool's final model."""
