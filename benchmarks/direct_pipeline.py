@@ -206,7 +206,8 @@ def run_direct(cfg: RunConfig, root: Path) -> dict[str, Any]:
 
 
 def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, str], device: str) -> list[dict]:
-    """Baselines, then per (IPC, method): distill [-> big distill -> prune] -> evaluation rounds."""
+    """Baselines, then per (IPC, method): distill [-> big distill -> prune] -> evaluation rounds; then the
+    unpruned big sets whose IPC is not in ``ipcs`` (rows ``<method>`` at that IPC)."""
     cfg = run.cfg
 
     def rounds(label: str, key: tuple, n: int, fn: Callable[[int], float]) -> list[float]:
@@ -221,6 +222,14 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
                                     lambda i, bcfg=bcfg: run.baseline_round(data, bcfg, i, device))
     evaluate_cfg = EvaluateConfig(eval=cfg.evaluation)
     rows = []
+
+    def evaluate_row(label: str, ipc: int, syn: str) -> None:
+        digest = open_artifact(syn, verify="none").digest  # the flow keys evaluations on it
+        accs = rounds(f"evaluate/{label}/ipc{ipc}", ("evaluate", digest), evaluate_cfg.eval.num_eval,
+                      lambda i: run.evaluate_round(data, syn, evaluate_cfg, i, device))
+        rows.append({**_row(label, ipc, accs, baselines.get(ipc)), "digest": digest})
+
+    unpruned: dict[tuple[str, int], str] = {}
     for ipc in cfg.ipcs:
         for name in cfg.methods:
             use_keep = keep if cfg.core_set is not None and name in cfg.core_set.methods else None
@@ -237,11 +246,12 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
                 big = distill_at(big_ipc)
                 sets[f"{name}+prune"] = run.step(f"prune/{name}/ipc{big_ipc}->{ipc}", ("prune", big),
                                                  lambda big=big: run.prune(big, device))
+                if big_ipc not in cfg.ipcs:  # the unpruned set gets its own row, as in the flow
+                    unpruned.setdefault((name, big_ipc), big)
             for label, syn in sets.items():
-                digest = open_artifact(syn, verify="none").digest  # the flow keys evaluations on it
-                accs = rounds(f"evaluate/{label}/ipc{ipc}", ("evaluate", digest), evaluate_cfg.eval.num_eval,
-                              lambda i, syn=syn: run.evaluate_round(data, syn, evaluate_cfg, i, device))
-                rows.append({**_row(label, ipc, accs, baselines.get(ipc)), "digest": digest})
+                evaluate_row(label, ipc, syn)
+    for (name, big_ipc), syn in unpruned.items():
+        evaluate_row(name, big_ipc, syn)
     return rows
 
 
@@ -252,7 +262,7 @@ def _row(label: str, ipc: int, accs: list[float], base: list[float] | None) -> d
                            "random_mean": None, "random_std": None, "ior": None}
     if base is not None:
         row.update(random_mean=summarize(base)[0], random_std=summarize(base)[1],
-                   ior=summarize([ior(a, b) for a, b in zip(accs, base, strict=False)])[0])
+                   ior=summarize([ior(a, b) for a, b in zip(accs, base, strict=True)])[0])
     return row
 
 

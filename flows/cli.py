@@ -169,21 +169,35 @@ def show(
 
 
 def print_summary(summary: dict) -> None:
-    """The results table of a pipeline run (accuracies in %)."""
+    """The results table of a pipeline run (accuracies in %; IOR/HLR as mean ± std over rounds, in points)."""
+    rows = summary["results"]
+    scores = any(r.get("hlr") is not None for r in rows)
     table = Table(title=f"run {summary['run']}  (config {summary['config_digest'][:12]})")
-    for col in ("method", "IPC", "accuracy", "random", "IOR", "time"):
+    for col in ("method", "IPC", "accuracy", "random", "IOR", *(("HLR", "LRS") if scores else ()), "time"):
         table.add_column(col, justify="left" if col == "method" else "right")
 
-    def pct(m: float | None, s: float | None = None) -> str:
+    def pct(m: float | None, s: float | None = None, sign: str = "") -> str:
         if m is None:
             return "-"
-        return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
+        return f"{100 * m:{sign}.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
 
-    for r in summary["results"]:
-        ior = "-" if r["ior"] is None else f"{100 * r['ior']:+.1f}"
+    for r in rows:
+        extra = (pct(r.get("hlr"), r.get("hlr_std")), "-" if r.get("lrs") is None else f"{r['lrs']:.3f}") \
+            if scores else ()
         table.add_row(r["method"], str(r["ipc"]), pct(r["acc_mean"], r["acc_std"]),
-                      pct(r["random_mean"], r["random_std"]), ior, f"{r['seconds']:.0f}s")
+                      pct(r["random_mean"], r["random_std"]), pct(r["ior"], r.get("ior_std"), "+"), *extra,
+                      f"{r['seconds']:.0f}s")
     console.print(table)
+    for r in rows:
+        stored, per_class, base = r.get("stored_ipc"), r.get("images_per_class"), r.get("baseline_ipc")
+        if stored is not None and per_class is not None and per_class != stored:
+            console.print(f"  {r['method']} IPC {r['ipc']}: {stored} stored images per class decode into {per_class}")
+        if base is not None and stored is not None and base != stored:
+            console.print(f"  {r['method']} IPC {r['ipc']}: random baseline of {base} per class, set stores {stored}")
+        if r.get("hlr_from") not in (None, r["method"]):
+            console.print(f"  {r['method']} IPC {r['ipc']}: HLR from the hard-label row {r['hlr_from']}")
+    if summary.get("ior_baseline"):
+        console.print(f"IOR baseline: {summary['ior_baseline']}")
     cached = sum(1 for s in summary["stages"] if s["cached"])
     console.print(f"stages: {len(summary['stages'])} ({cached} cached)   total {summary['seconds']:.1f}s")
 

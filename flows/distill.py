@@ -150,6 +150,9 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
     Shared stages (ingest, core set, VAE, latents) run in the flow; the per-(method, IPC) branches
     (distill [per class group + merge] -> prune -> evaluation rounds -> aggregate) and the random
     baselines are submitted to the task runner, each task on the next visible GPU (``cpu`` without one).
+    A post-pruned method gives three rows: ``<method>`` at IPC (distilled directly), ``<method>+prune`` at
+    IPC (pruned) and ``<method>`` at the larger IPC it was pruned from (unpruned; evaluated once, and only
+    here when that IPC is not in ``ipcs``, where the directly distilled row is the same set).
     """
     store = ArtifactStore(default_root(root))
     tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
@@ -182,6 +185,17 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                 if teacher is not None:
                     fan.baseline(data, ipc, f"baseline/ipc{ipc}/soft", teacher=teacher)
                     report_inputs[f"baseline/{ipc}/soft"] = f"baseline/ipc{ipc}/soft"
+
+        def evaluate_rows(label: str, ipc: int, fut: Any, set_label: str, soft: bool) -> None:
+            """Evaluate one set as row ``label`` at ``ipc`` (and ``label+soft`` under the teacher)."""
+            for row, tch in [(label, None)] + ([(f"{label}+soft", teacher)] if soft else []):
+                ev = f"evaluate/{row}/ipc{ipc}"
+                fan.evaluate(fut, data, ev, teacher=tch)
+                report_inputs[f"set/{row}/{ipc}"] = set_label
+                report_inputs[f"eval/{row}/{ipc}"] = ev
+
+        soft_methods = set(cfg.soft_labels.methods) if teacher is not None else set()  # type: ignore[union-attr]
+        unpruned: dict[tuple[str, int], tuple[Any, str]] = {}
         for ipc in cfg.ipcs:
             for name in cfg.methods:
                 inputs: dict[str, Any] = {"dataset": data}
@@ -193,21 +207,22 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                 sets = {name: (syn, syn_label)}
                 if cfg.prune is not None and name in cfg.prune.methods:
                     big_ipc = cfg.post_prune_ipc(ipc)
-                    big, _ = fan.distill(name, big_ipc, inputs)
+                    big, big_label = fan.distill(name, big_ipc, inputs)
                     lbl = f"prune/{name}/ipc{big_ipc}->{ipc}"
                     sets[f"{name}+prune"] = (fan.submit(PRUNE, cfg.prune_config(cfg.prune), {"synthetic": big},
                                                         label=lbl), lbl)
-                soft = teacher is not None and name in cfg.soft_labels.methods  # type: ignore[union-attr]
+                    if big_ipc not in cfg.ipcs:  # else row (name, big_ipc) is this very set, distilled directly
+                        unpruned.setdefault((name, big_ipc), (big, big_label))
                 for label, (fut, set_label) in sets.items():
-                    for row, tch in [(label, None)] + ([(f"{label}+soft", teacher)] if soft else []):
-                        ev = f"evaluate/{row}/ipc{ipc}"
-                        fan.evaluate(fut, data, ev, teacher=tch)
-                        report_inputs[f"set/{row}/{ipc}"] = set_label
-                        report_inputs[f"eval/{row}/{ipc}"] = ev
+                    evaluate_rows(label, ipc, fut, set_label, name in soft_methods)
+        for (name, big_ipc), (fut, set_label) in unpruned.items():  # the unpruned sets: rows (name, big_ipc)
+            evaluate_rows(name, big_ipc, fut, set_label, name in soft_methods)
         refs = fan.collect()
         rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc),
                    {name: refs[label] for name, label in report_inputs.items()})
-        summary = {"run": cfg.name, "config_digest": cfg.digest(), "results": read_report(rep.uri)["results"],
+        report = read_report(rep.uri)
+        summary = {"run": cfg.name, "config_digest": cfg.digest(), "results": report["results"],
+                   "ior_baseline": report.get("ior_baseline"), "hlr_rule": report.get("hlr_rule"),
                    "stages": step.stages, "report": rep.uri, "dataset": {"uri": data.uri, "digest": data.sha256},
                    "seconds": round(time.perf_counter() - t_start, 3)}
         write_summary(store, cfg.name, summary)

@@ -2,7 +2,8 @@
 
 ``evaluate_flow`` evaluates an existing synthetic-set artifact (made by ddflow, or by another tool and
 ingested) against a dataset artifact under a config's evaluation recipe, with the random-subset
-baseline of the same IPC; both go through the same cached stages as ``distill_flow``.
+baseline of the same IPC of stored images (an NCFM ``factor`` 2 set: its mosaics, not their decoded crops);
+both go through the same cached stages as ``distill_flow``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from flows.orchestration import PipelineRun, default_root
 from tasks.configs import ReportConfig
 from tasks.ingest import INGEST
 from tasks.refs import ArtifactRef
-from tasks.report import REPORT, read_report
+from tasks.report import REPORT, read_report, stored_ipc
 from tasks.store import ArtifactStore
 from tasks.tracking import Tracker
 
@@ -47,7 +48,8 @@ def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: lis
     tracker = Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled \
         else Tracker.disabled()
     syn, data = external_ref(synthetic, "synthetic"), external_ref(dataset, "dataset")
-    ipc = int(open_artifact(synthetic).meta.extra.get("ipc") or 1)
+    extra = open_artifact(synthetic).meta.extra
+    ipc = stored_ipc(extra, int(extra.get("ipc") or 1))  # the baseline matches the stored images (DD-Ranking)
     with PipelineRun(store, tracker=tracker, run_name=f"{cfg.name}-evaluate", force=expand_force(force),
                      stages=("evaluate_round", "evaluate", "baseline_round", "baseline", "report")) as run:
         step = Timeline(run)

@@ -2,8 +2,17 @@
 
 Inputs are named ``eval/<label>/<ipc>`` (a set's evaluation), ``baseline/<ipc>`` (random subsets of
 that IPC; ``baseline/<ipc>/soft`` under the soft-label teacher, paired with ``<method>+soft`` rows) and
-``set/<label>/<ipc>`` (the evaluated synthetic set). Accuracies are fractions. IOR is
-paired by round (same network seed); HLR/LRS need a full-data accuracy (``full_data_acc``).
+``set/<label>/<ipc>`` (the evaluated synthetic set). Accuracies are fractions. The DD-Ranking scores
+(ecosystem.md §A4) are computed per round, rounds paired by network seed, and reported as mean and std:
+
+- IOR = Acc(set, its own recipe) − Acc(random real subset, same recipe): a ``+soft`` row against the
+  soft-label baseline, every other row against the hard-label one.
+- HLR = ``full_data_acc`` − Acc(set, hard labels): for a ``<label>+soft`` row the accuracies of the
+  hard-label row ``<label>`` of the same set (named in ``hlr_from``; no HLR/LRS without that row).
+- LRS from each round's IOR and HLR.
+
+IOR compares at the same storage budget (DD-Ranking): the random subset has as many real images per class
+as the set stores (``stored_ipc``), even when stored mosaics decode into more training images (``images_per_class``).
 Output: ``results.json`` and ``accuracy_vs_ipc.png``.
 """
 
@@ -14,7 +23,9 @@ import json
 import time
 from typing import Any
 
+from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
+from ddcore.errors import ConfigError
 from ddcore.evaluate.metrics import hlr, ior, lrs, summarize
 from tasks.configs import ReportConfig
 from tasks.evaluate import read_results
@@ -23,6 +34,12 @@ from tasks.stage import StageContext, make_stage_task
 from tasks.store import REF_FILE
 
 RESULTS = "results.json"
+SOFT = "+soft"
+IOR_BASELINE = ("same storage budget (DD-Ranking): random real subset with baseline_ipc = the row's IPC of stored "
+                "images (stored_ipc); a set whose stored images decode into more (images_per_class) is not given "
+                "a larger baseline")
+HLR_RULE = ("per round (paired by network seed): HLR = full_data_acc - hard-label accuracy of the row named in "
+            "hlr_from (a +soft row uses its hard-label row); LRS from that round's IOR and HLR; *_std over rounds")
 
 
 def _record_metrics(uri: str) -> dict[str, Any]:
@@ -33,33 +50,94 @@ def _record_metrics(uri: str) -> dict[str, Any]:
         return {}
 
 
+def accs_by_seed(res: dict[str, Any], name: str) -> dict[int, float]:
+    """Round accuracies of one ``results.json`` keyed by network seed (one round per seed)."""
+    rounds = res.get("rounds") or []
+    seeds = [int(r["seed"]) for r in rounds]
+    if len(rounds) != len(res["accs"]) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"report: {name} has {len(res['accs'])} accuracies but network seeds {seeds}; "
+                          "evaluate it again (one round per seed)")
+    return {s: float(r["acc"]) for s, r in zip(seeds, rounds, strict=True)}
+
+
+def paired(a: dict[int, float], a_name: str, b: dict[int, float], b_name: str) -> list[tuple[float, float]]:
+    """``(a, b)`` accuracy pairs of the same network seed; a seed on one side only is a :class:`ConfigError`."""
+    if set(a) != set(b):
+        raise ConfigError(f"report: {a_name} has rounds with network seeds {sorted(a)} but {b_name} has {sorted(b)}; "
+                          "evaluate both under the same evaluation.seed and num_eval")
+    return [(a[s], b[s]) for s in sorted(a)]
+
+
+def stored_ipc(extra: dict[str, Any], per_class: int) -> int:
+    """Stored images per class of a set from its manifest ``extra``: NCFM with ``factor`` 2 stores ``stored_ipc``
+    mosaics per class that decode into ``per_class`` = 4·``stored_ipc`` training images; a pruned set keeps
+    decoded crops, each stored as it is; any other set stores what it trains on."""
+    if int(extra.get("factor", 1)) > 1 and "stored_ipc" in extra and "pruned_from" not in extra:
+        return int(extra["stored_ipc"])
+    return per_class
+
+
+def _scores(row: dict[str, Any], name: str, res: dict[str, Any], base: dict[str, Any] | None, bname: str,
+            hard: dict[str, Any] | None, hname: str, config: ReportConfig) -> None:
+    """IOR against ``base``, HLR from the hard-label results ``hard`` (with ``full_data_acc``) and LRS from both,
+    per round paired by network seed, into ``row`` as mean and std."""
+    syn = accs_by_seed(res, name)
+    iors = None
+    if base is not None:
+        iors = [ior(a, b) for a, b in paired(syn, name, accs_by_seed(base, bname), bname)]
+        row.update(random_mean=base["acc_mean"], random_std=base["acc_std"], baseline_ipc=int(base["ipc"]))
+        row["ior"], row["ior_std"] = summarize(iors)
+    if config.full_data_acc is None or hard is None:
+        return
+    hard_accs = syn if hard is res else accs_by_seed(hard, hname)
+    hl = [hlr(config.full_data_acc, h) for _, h in paired(syn, name, hard_accs, hname)]
+    row["hlr"], row["hlr_std"] = summarize(hl)
+    row["hlr_from"] = hname.split("/")[1]
+    if iors is not None:
+        row["lrs"], row["lrs_std"] = summarize([lrs(i, h, weight=config.lrs_weight)
+                                                for i, h in zip(iors, hl, strict=True)])
+
+
 def build_rows(inputs: dict[str, ArtifactRef], config: ReportConfig) -> list[dict[str, Any]]:
-    """Result rows, one per evaluated ``(label, ipc)``, in input order."""
-    rows = []
+    """Result rows, one per evaluated ``(label, ipc)``, in input order.
+
+    A pruned set's row names the row of the set it was pruned from in ``pruned_from`` (``{method, ipc}``; the
+    same kind of labels), so pruned, unpruned and distilled-directly rows can be told apart.
+    """
+    rows, sources = [], []
     for name, ref in inputs.items():
         parts = name.split("/")
         if parts[0] != "eval":
             continue
         label, ipc = parts[1], int(parts[2])
         res = read_results(ref.uri)
-        bkey = f"baseline/{ipc}/soft" if label.endswith("+soft") else f"baseline/{ipc}"
+        soft = label.endswith(SOFT)
+        bkey = f"baseline/{ipc}/soft" if soft else f"baseline/{ipc}"
         base = read_results(inputs[bkey].uri) if bkey in inputs else None
+        hkey, hard = name, res
+        if soft:  # HLR needs the same set's accuracies under hard labels: its hard-label row
+            hkey = f"eval/{label[: -len(SOFT)]}/{ipc}"
+            hard = read_results(inputs[hkey].uri) if hkey in inputs else None
+        syn = inputs.get(f"set/{label}/{ipc}")
+        per_class = int(res["ipc"])  # training images per class the evaluation used (decoded)
+        extra = open_artifact(syn.uri, verify="none").meta.extra if syn is not None else {}
         row: dict[str, Any] = {"method": label, "ipc": ipc, "acc_mean": res["acc_mean"], "acc_std": res["acc_std"],
                                "n_eval": len(res["accs"]), "random_mean": None, "random_std": None, "ior": None,
-                               "hlr": None, "lrs": None, "protocol": res["protocol"], "n_images": res["n_images"],
-                               "labels": res.get("labels", "set")}
-        if base is not None:
-            iors = [ior(a, b) for a, b in zip(res["accs"], base["accs"], strict=False)]
-            row.update(random_mean=base["acc_mean"], random_std=base["acc_std"], ior=summarize(iors)[0])
-            if config.full_data_acc is not None:
-                hl = [hlr(config.full_data_acc, a) for a in res["accs"]]
-                scores = [lrs(i, h, weight=config.lrs_weight) for i, h in zip(iors, hl, strict=False)]
-                row.update(hlr=summarize(hl)[0], lrs=summarize(scores)[0])
-        syn = inputs.get(f"set/{label}/{ipc}")
+                               "hlr": None, "lrs": None, "ior_std": None, "hlr_std": None, "lrs_std": None,
+                               "hlr_from": None, "baseline_ipc": None,
+                               "stored_ipc": stored_ipc(extra, per_class),
+                               "images_per_class": per_class, "protocol": res["protocol"],
+                               "n_images": res["n_images"], "labels": res.get("labels", "set")}
+        _scores(row, name, res, base, bkey, hard, hkey, config)
         row["seconds"] = float(_record_metrics(syn.uri).get("seconds", 0.0)) if syn else 0.0
         row["artifact"] = syn.uri if syn else None
         row["digest"] = syn.sha256 if syn else None
         rows.append(row)
+        sources.append(extra.get("pruned_from_digest"))
+    by_set = {(r["digest"], r["labels"]): r for r in rows if r["digest"]}
+    for row, src in zip(rows, sources, strict=True):
+        unpruned = by_set.get((src, row["labels"])) if src else None
+        row["pruned_from"] = {"method": unpruned["method"], "ipc": unpruned["ipc"]} if unpruned else None
     return rows
 
 
@@ -95,7 +173,8 @@ def report_stage(inputs: dict[str, ArtifactRef], config: ReportConfig, out: str,
     fs, path = fsio.get_fs(out)
     fs.makedirs(path, exist_ok=True)
     with fsio.open_write(fs, fsio.join(path, RESULTS)) as f:
-        f.write(json.dumps({"run": config.run, "results": rows}, indent=2, sort_keys=True).encode())
+        f.write(json.dumps({"run": config.run, "results": rows, "ior_baseline": IOR_BASELINE, "hlr_rule": HLR_RULE},
+                           indent=2, sort_keys=True).encode())
     with fsio.open_write(fs, fsio.join(path, "accuracy_vs_ipc.png")) as f:
         f.write(accuracy_plot(rows))
     for i, r in enumerate(rows):

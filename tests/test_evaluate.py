@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ddcore.config import load_yaml
 from ddcore.errors import ConfigError, DataError
 from ddcore.evaluate import (
     BEST_LABEL,
@@ -25,6 +27,7 @@ from ddcore.evaluate.protocol import lr_at
 from ddcore.evaluate.train import normalise_weights, soft_kl
 from ddcore.sampling import TensorSampler
 from ddcore.synthetic import SyntheticSet
+from flows.config import RunConfig
 
 K = 4
 
@@ -131,6 +134,41 @@ def test_dm_and_ncfm_presets_match_the_reference_recipes() -> None:
         EvalConfig.dm_protocol(selection="best")  # needs test_every
     with pytest.raises(ConfigError):
         EvalConfig.dm_protocol(network="lenet")
+
+
+def _run_yaml_eval(tmp_path: Path, evaluation: str) -> EvalConfig:
+    """The ``evaluation`` section of a run YAML as the flow reads it."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: t\ndata: {{source: {{kind: fashion_mnist}}}}\nevaluation: {evaluation}\n")
+    return RunConfig.from_mapping(load_yaml(path), where=str(path)).evaluation
+
+
+def test_protocol_ncfm_in_yaml_gives_the_ncfm_recipe(tmp_path: Path) -> None:
+    """``evaluation: {protocol: ncfm}`` in a run YAML is NCFM's recipe (AdamW 1e-3, 2000 epochs, multistep ×0.5,
+    ncfm augmentation + CutMix, tests every 100 epochs, best-epoch selection) labelled best-epoch, not the DM
+    defaults under an ncfm label; ``protocol: dm`` and no protocol are the DM recipe."""
+    nc = _run_yaml_eval(tmp_path, "{protocol: ncfm}")
+    assert nc == EvalConfig.ncfm_protocol()
+    assert (nc.optimizer, nc.lr, nc.weight_decay, nc.batch_size, nc.epochs, nc.lr_schedule, nc.lr_decay) == (
+        "adamw", 1e-3, 0.01, 128, 2000, "multistep", 0.5)
+    assert (nc.augmentation, nc.cutmix, nc.test_every, nc.selection, nc.passes) == ("ncfm", True, 100, "best", 2000)
+    assert nc.label == f"ncfm/convnet/2000ep/{BEST_LABEL}"
+    assert _run_yaml_eval(tmp_path, "{protocol: dm}") == _run_yaml_eval(tmp_path, "{}") == EvalConfig.dm_protocol()
+    with pytest.raises(ConfigError, match="protocol"):
+        _run_yaml_eval(tmp_path, "{protocol: idc}")
+
+
+def test_an_explicit_field_overrides_the_preset_and_the_label_says_so(tmp_path: Path) -> None:
+    """Fields set next to ``protocol`` win over the preset, the other preset fields stay, and the label names
+    every field set away from the preset (epochs and selection in its head); run count and seed do not count."""
+    cfg = _run_yaml_eval(tmp_path, "{protocol: ncfm, epochs: 300, optimizer: sgd, num_eval: 3}")
+    assert (cfg.epochs, cfg.optimizer, cfg.num_eval) == (300, "sgd", 3)
+    assert (cfg.lr, cfg.batch_size, cfg.augmentation, cfg.selection) == (1e-3, 128, "ncfm", "best")
+    assert cfg.label == f"ncfm/convnet/300ep/{BEST_LABEL}; modified: optimizer=sgd"
+    last = _run_yaml_eval(tmp_path, "{protocol: ncfm, selection: last, test_every: 0}")
+    assert last.label == "ncfm/convnet/2000ep/last-epoch; modified: test_every=0" and BEST_LABEL not in last.label
+    demo = EvalConfig.dm_protocol(width=64, num_eval=2, seed=7)
+    assert demo.label == "dm/convnet/1000ep/last-epoch; modified: width=64"
 
 
 def test_lr_schedules() -> None:

@@ -48,7 +48,7 @@ def test_direct_path_gives_the_flows_accuracies(fake_fmnist: Path, tmp_path: Pat
     direct = run_direct(resolve_config(str(cfg)), tmp_path / "direct")
     check = compare_accuracies(summary["results"], direct["results"])
     assert check["equal"], check["mismatches"]
-    assert check["rows_compared"] == 4  # random, dm, dm+prune, hdd
+    assert check["rows_compared"] == 5  # random, dm, dm+prune, dm@2 (the unpruned set), hdd
     assert direct["config_digest"] == summary["config_digest"]
     assert not any(st["cached"] for st in direct["stages"] if st["name"].startswith("distill/dm/"))
 

@@ -67,9 +67,10 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
     s1 = _summary(tmp_path / "root")
     assert set(s1) >= {"run", "config_digest", "results", "stages"}
     rows = {(r["method"], r["ipc"]) for r in s1["results"]}
-    assert rows == {("random", 2), ("dm", 2), ("dm+prune", 2), ("hdd", 2)}
+    assert rows == {("random", 2), ("dm", 2), ("dm+prune", 2), ("dm", 4), ("hdd", 2)}  # dm@4: the unpruned set
     keys = {"method", "ipc", "acc_mean", "acc_std", "n_eval", "random_mean", "random_std", "ior", "hlr", "lrs",
-            "seconds", "artifact", "digest"}
+            "seconds", "artifact", "digest", "ior_std", "hlr_std", "lrs_std", "hlr_from", "stored_ipc",
+            "images_per_class", "baseline_ipc", "pruned_from"}
     for r in s1["results"]:
         assert keys <= set(r) and 0.0 <= r["acc_mean"] <= 1.0 and r["n_eval"] == 2
     assert not any(st["cached"] for st in s1["stages"])
@@ -123,5 +124,5 @@ def test_sigkill_during_distillation_resumes_to_the_same_sets(fake_fmnist: Path,
     again = _run(cfg, root, prefect_home)
     assert again.returncode == 0, again.stderr[-3000:]
     clean, resumed = _summary(tmp_path / "clean"), _summary(root)
-    digests = {r["method"]: r["digest"] for r in resumed["results"]}
-    assert digests == {r["method"]: r["digest"] for r in clean["results"]}
+    digests = {(r["method"], r["ipc"]): r["digest"] for r in resumed["results"]}
+    assert digests == {(r["method"], r["ipc"]): r["digest"] for r in clean["results"]}

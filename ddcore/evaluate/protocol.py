@@ -8,6 +8,11 @@ Two named recipes, never to be mixed in one table (methods.md §8.1):
 - :meth:`EvalConfig.ncfm_protocol` — NCFM's recipe (§4.6): AdamW lr 1e-3 wd 0.01, batch 128,
   2000 epochs, lr ×0.5 at 20/40/60/80 %, flip + color + one of crop/scale/rotate per sample, CutMix
   (β 1, p 0.5), tested every 100 epochs and reported at the best test epoch (optimistic).
+
+``protocol`` selects the preset: every field a config does not set comes from the named recipe
+(``evaluation: {protocol: ncfm}`` in a run YAML is the NCFM recipe), and fields it sets override it.
+The label names the protocol, network, epochs, epoch selection and every other field that differs
+from the preset, so a recorded number always says exactly which recipe gave it.
 """
 
 from __future__ import annotations
@@ -25,12 +30,30 @@ from ddcore.nets.registry import NETWORK_NAMES
 BEST_LABEL = "best-epoch (test-set selection, optimistic)"
 LAST_LABEL = "last-epoch"
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "dm": dict(
+        network="convnet", epochs=1000, dc_extra_pass=True, optimizer="sgd", lr=0.01, momentum=0.9,
+        weight_decay=5e-4, batch_size=256, lr_schedule="dm_halfway", lr_decay=0.1, augmentation="dsa",
+        dsa_strategy=DEFAULT_STRATEGY, cutmix=False, num_eval=5, test_every=0, selection="last",
+    ),
+    "ncfm": dict(
+        network="convnet", epochs=2000, dc_extra_pass=False, optimizer="adamw", lr=1e-3, momentum=0.9,
+        weight_decay=0.01, batch_size=128, lr_schedule="multistep", lr_decay=0.5, augmentation="ncfm",
+        dsa_strategy=DEFAULT_STRATEGY, cutmix=True, cutmix_beta=1.0, cutmix_prob=0.5, num_eval=10,
+        test_every=100, selection="best",
+    ),
+}
+"""The fields each named protocol fixes (methods.md §1.4 and §4.6); unlisted fields keep their defaults."""
+
+_LABEL_FIELDS = ("protocol", "network", "epochs", "selection")  # spelled out in the label's head
+_RUN_FIELDS = ("num_eval", "seed")  # how many networks and their seeds, recorded beside every number
+
 
 class EvalConfig(StageConfig):
     """Training-and-test recipe for one evaluation run (see the module docstring for the two presets).
 
     Fields:
-        protocol: name of the recipe family, recorded with every number (``dm`` or ``ncfm``).
+        protocol: the named recipe (``dm`` or ``ncfm``, :data:`PRESETS`) that fills every field not set.
         network: a name from :data:`ddcore.nets.NETWORK_NAMES`; ``depth``/``width`` as for ConvNet.
         epochs: training epochs E. ``dc_extra_pass`` runs E + 1 passes, as ``range(Epoch + 1)`` does.
         optimizer: ``sgd`` (uses ``momentum``) or ``adamw``; ``lr``, ``weight_decay`` for both.
@@ -70,6 +93,15 @@ class EvalConfig(StageConfig):
     selection: Literal["last", "best"] = "last"
     soft_label_temperature: float = Field(default=1.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        """Fields not given come from the preset of ``protocol`` (default ``dm``); given fields win."""
+        if not isinstance(data, dict):
+            return data
+        preset = PRESETS.get(data.get("protocol", "dm"))
+        return data if preset is None else {**preset, **data}  # an unknown protocol fails its Literal check
+
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         key = self.network.strip().lower()
@@ -88,35 +120,34 @@ class EvalConfig(StageConfig):
         """Number of training passes over the set: ``epochs + 1`` with ``dc_extra_pass``."""
         return self.epochs + 1 if self.dc_extra_pass else self.epochs
 
+    def preset_changes(self) -> dict[str, Any]:
+        """Recipe fields whose value differs from the named protocol's preset (``num_eval``/``seed`` left out)."""
+        preset = type(self).model_validate({"protocol": self.protocol})
+        skip = _LABEL_FIELDS + _RUN_FIELDS
+        return {k: v for k, v in self.model_dump(mode="json").items()
+                if k not in skip and v != getattr(preset, k)}
+
     @property
     def label(self) -> str:
-        """Protocol label recorded with every accuracy, e.g. ``dm/convnet/1000ep/last-epoch``."""
+        """Protocol label recorded with every accuracy, e.g. ``dm/convnet/1000ep/last-epoch``.
+
+        Fields set away from the preset follow as ``; modified: key=value, ...`` (e.g. an NCFM recipe run
+        with SGD reads ``ncfm/convnet/2000ep/best-epoch (...); modified: optimizer=sgd``).
+        """
         sel = BEST_LABEL if self.selection == "best" else LAST_LABEL
-        return f"{self.protocol}/{self.network}/{self.epochs}ep/{sel}"
+        head = f"{self.protocol}/{self.network}/{self.epochs}ep/{sel}"
+        changes = self.preset_changes()
+        return head + ("; modified: " + ", ".join(f"{k}={v}" for k, v in changes.items()) if changes else "")
 
     @classmethod
     def dm_protocol(cls, epochs: int = 1000, **overrides: Any) -> EvalConfig:
         """The DC/DSA/DM recipe (methods.md §1.4); ``overrides`` replace single fields (e.g. num_eval)."""
-        base: dict[str, Any] = dict(
-            protocol="dm", network="convnet", epochs=epochs, dc_extra_pass=True, optimizer="sgd", lr=0.01,
-            momentum=0.9, weight_decay=5e-4, batch_size=256, lr_schedule="dm_halfway", lr_decay=0.1,
-            augmentation="dsa", dsa_strategy=DEFAULT_STRATEGY, cutmix=False, num_eval=5, test_every=0,
-            selection="last",
-        )
-        base.update(overrides)
-        return cls.from_mapping(base, where="eval (dm protocol)")
+        return cls.from_mapping({"protocol": "dm", "epochs": epochs, **overrides}, where="eval (dm protocol)")
 
     @classmethod
     def ncfm_protocol(cls, epochs: int = 2000, **overrides: Any) -> EvalConfig:
         """NCFM's recipe (methods.md §4.6); best-epoch selection on the test set is labelled as such."""
-        base: dict[str, Any] = dict(
-            protocol="ncfm", network="convnet", epochs=epochs, dc_extra_pass=False, optimizer="adamw",
-            lr=1e-3, momentum=0.9, weight_decay=0.01, batch_size=128, lr_schedule="multistep",
-            lr_decay=0.5, augmentation="ncfm", cutmix=True, cutmix_beta=1.0, cutmix_prob=0.5,
-            num_eval=10, test_every=100, selection="best",
-        )
-        base.update(overrides)
-        return cls.from_mapping(base, where="eval (ncfm protocol)")
+        return cls.from_mapping({"protocol": "ncfm", "epochs": epochs, **overrides}, where="eval (ncfm protocol)")
 
 
 def lr_at(config: EvalConfig, epoch: int) -> float:
