@@ -118,8 +118,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data", default=None, help="existing Fashion-MNIST artifact (else ingested to a temp dir)")
     ap.add_argument("--out", default="benchmarks/results/quality.json")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="override the budget's distillation iterations (every method); recorded in the JSON")
+    ap.add_argument("--eval-epochs", type=int, default=None,
+                    help="override the budget's evaluation epochs (every row, baselines included); recorded")
     args = ap.parse_args()
-    budget = BUDGETS[args.budget]
+    budget = dict(BUDGETS[args.budget])
+    if args.iterations is not None:
+        budget["iterations"] = {m: args.iterations for m in budget["iterations"]}
+    if args.eval_epochs is not None:
+        budget["eval_epochs"] = args.eval_epochs
     tmp = tempfile.TemporaryDirectory()
     uri = args.data or str(Path(tmp.name) / "fmnist")
     if args.data is None:
