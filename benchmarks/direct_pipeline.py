@@ -215,11 +215,16 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
         return run.step(label, (*key, "aggregate"), lambda: accs)
 
     baselines: dict[int, list[float]] = {}
-    if cfg.random_baseline:
-        for ipc in cfg.ipcs:
-            bcfg = BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc)
-            baselines[ipc] = rounds(f"baseline/ipc{ipc}", ("baseline", _digest(bcfg)), bcfg.eval.num_eval,
-                                    lambda i, bcfg=bcfg: run.baseline_round(data, bcfg, i, device))
+
+    def add_baseline(ipc: int) -> None:
+        if not cfg.random_baseline or ipc in baselines:
+            return
+        bcfg = BaselineEvalConfig(eval=cfg.evaluation, ipc=ipc)
+        baselines[ipc] = rounds(f"baseline/ipc{ipc}", ("baseline", _digest(bcfg)), bcfg.eval.num_eval,
+                                lambda i: run.baseline_round(data, bcfg, i, device))
+
+    for ipc in cfg.ipcs:
+        add_baseline(ipc)
     evaluate_cfg = EvaluateConfig(eval=cfg.evaluation)
     rows = []
 
@@ -251,6 +256,7 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
             for label, syn in sets.items():
                 evaluate_row(label, ipc, syn)
     for (name, big_ipc), syn in unpruned.items():
+        add_baseline(big_ipc)  # as in the flow: the unpruned row has a baseline of its own size
         evaluate_row(name, big_ipc, syn)
     return rows
 

@@ -152,7 +152,8 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
     baselines are submitted to the task runner, each task on the next visible GPU (``cpu`` without one).
     A post-pruned method gives three rows: ``<method>`` at IPC (distilled directly), ``<method>+prune`` at
     IPC (pruned) and ``<method>`` at the larger IPC it was pruned from (unpruned; evaluated once, and only
-    here when that IPC is not in ``ipcs``, where the directly distilled row is the same set).
+    here when that IPC is not in ``ipcs``, where the directly distilled row is the same set; it gets a
+    random baseline of its own IPC).
     """
     store = ArtifactStore(default_root(root))
     tracker = (Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled
@@ -178,13 +179,19 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
             teacher = step(TRAIN_TEACHER, cfg.soft_labels.teacher, {"dataset": data}, device=device)
         fan = Branches(run, cfg, step, num_classes=open_artifact(data.uri, verify="none").meta.num_classes)
         report_inputs: dict[str, str] = {}
-        if cfg.random_baseline:
-            for ipc in cfg.ipcs:
-                fan.baseline(data, ipc, f"baseline/ipc{ipc}")
-                report_inputs[f"baseline/{ipc}"] = f"baseline/ipc{ipc}"
-                if teacher is not None:
-                    fan.baseline(data, ipc, f"baseline/ipc{ipc}/soft", teacher=teacher)
-                    report_inputs[f"baseline/{ipc}/soft"] = f"baseline/ipc{ipc}/soft"
+
+        def add_baselines(ipc: int) -> None:
+            """Random real subsets of ``ipc`` per class (and under the teacher), once per IPC."""
+            if not cfg.random_baseline or f"baseline/{ipc}" in report_inputs:
+                return
+            fan.baseline(data, ipc, f"baseline/ipc{ipc}")
+            report_inputs[f"baseline/{ipc}"] = f"baseline/ipc{ipc}"
+            if teacher is not None:
+                fan.baseline(data, ipc, f"baseline/ipc{ipc}/soft", teacher=teacher)
+                report_inputs[f"baseline/{ipc}/soft"] = f"baseline/ipc{ipc}/soft"
+
+        for ipc in cfg.ipcs:
+            add_baselines(ipc)
 
         def evaluate_rows(label: str, ipc: int, fut: Any, set_label: str, soft: bool) -> None:
             """Evaluate one set as row ``label`` at ``ipc`` (and ``label+soft`` under the teacher)."""
@@ -216,6 +223,7 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                 for label, (fut, set_label) in sets.items():
                     evaluate_rows(label, ipc, fut, set_label, name in soft_methods)
         for (name, big_ipc), (fut, set_label) in unpruned.items():  # the unpruned sets: rows (name, big_ipc)
+            add_baselines(big_ipc)  # so the unpruned row has an IOR of its own size
             evaluate_rows(name, big_ipc, fut, set_label, name in soft_methods)
         refs = fan.collect()
         rep = step(REPORT, ReportConfig(run=cfg.name, full_data_acc=cfg.full_data_acc),

@@ -119,7 +119,7 @@ def test_a_prune_run_reports_pruned_unpruned_and_directly_distilled_rows(fake_fm
                                                                         prefect_harness: None) -> None:
     """With ipcs [1, 2] and pruning to half: dm@1 and dm@2 (distilled directly), dm+prune@1 (from the IPC-2 set,
     which IS the dm@2 row, evaluated once) and dm+prune@2 (from an IPC-4 set, reported as its own unpruned row
-    dm@4, which has no random baseline of its size); the summary states the IOR baseline rule."""
+    dm@4, with a random baseline of its own size); the summary states the IOR baseline rule."""
     from flows.distill import distill_flow
 
     summary = distill_flow(str(_prune_config(tmp_path / "c.yaml", fake_fmnist)), [], str(tmp_path / "root"))
@@ -129,8 +129,9 @@ def test_a_prune_run_reports_pruned_unpruned_and_directly_distilled_rows(fake_fm
     assert _row(rows, "dm+prune", 1)["pruned_from"] == {"method": "dm", "ipc": 2}
     assert _row(rows, "dm+prune", 2)["pruned_from"] == {"method": "dm", "ipc": 4}
     assert _row(rows, "dm", 2)["pruned_from"] is None and _row(rows, "dm", 4)["images_per_class"] == 4
-    assert _row(rows, "dm", 4)["baseline_ipc"] is None and _row(rows, "dm", 4)["ior"] is None
+    assert _row(rows, "dm", 4)["baseline_ipc"] == 4 and _row(rows, "dm", 4)["ior"] is not None
     assert _row(rows, "dm+prune", 2)["baseline_ipc"] == 2 and _row(rows, "dm+prune", 2)["ior"] is not None
     names = [s["name"] for s in summary["stages"]]
     assert names.count("evaluate/dm/ipc2") == 1 and names.count("evaluate/dm/ipc4") == 1
+    assert names.count("baseline/ipc4") == 1
     assert "storage budget" in summary["ior_baseline"]
