@@ -41,6 +41,18 @@ def _restore_rng():
     random.setstate(py_state)
 
 
+def band_sampler(per_class: int, seed: int):
+    """Three classes of ``per_class`` structured 1x28x28 images (class = bright band position), mean 0.3, std 0.35."""
+    from ddcore.sampling import TensorSampler
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3 * per_class, 1, 28, 28, generator=g) * 0.3
+    y = torch.arange(3).repeat_interleave(per_class)
+    for i, c in enumerate(y.tolist()):
+        x[i, 0, 4 + 8 * c : 8 + 8 * c] += 2.0
+    return TensorSampler(x, y, 3, (0.3,), (0.35,))
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as a gzip IDX file (the MNIST container format)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import band_sampler
 
 from ddcore.config import StageConfig
 from ddcore.distill.baselines import herding_order, select_baseline
@@ -22,12 +23,7 @@ from ddcore.sampling import TensorSampler
 @pytest.fixture
 def sampler() -> TensorSampler:
     """Three classes of 20 structured 1x28x28 images (class = bright band position)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 1, 28, 28, generator=g) * 0.3
-    y = torch.arange(3).repeat_interleave(20)
-    for i, c in enumerate(y.tolist()):
-        x[i, 0, 4 + 8 * c : 8 + 8 * c] += 2.0
-    return TensorSampler(x, y, 3, (0.3,), (0.35,))
+    return band_sampler(20, seed=0)
 
 
 def tiny(method: str, **kw) -> DistillConfig:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import band_sampler
 
 from ddcore.augment.dsa import draw_params
 from ddcore.distill.batches import siamese_batches
@@ -26,12 +27,7 @@ MEAN, STD = (0.3,), (0.35,)
 @pytest.fixture
 def sampler() -> TensorSampler:
     """Three classes of 12 structured 1x28x28 images (class = bright band position)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(36, 1, 28, 28, generator=g) * 0.3
-    y = torch.arange(3).repeat_interleave(12)
-    for i, c in enumerate(y.tolist()):
-        x[i, 0, 4 + 8 * c : 8 + 8 * c] += 2.0
-    return TensorSampler(x, y, 3, MEAN, STD)
+    return band_sampler(12, seed=1)
 
 
 def ncfm(**kw: object) -> DistillConfig:
