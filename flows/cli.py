@@ -270,9 +270,9 @@ def lineage(
     """Show where an artifact comes from: the chain of stages back to the source data (from ref.json files)."""
     try:
         from flows.orchestration import default_root
-        from tasks.lineage import build_lineage, lineage_json, lineage_tree, resolve_record
-        from tasks.store import ArtifactStore
-        from tasks.tracking import Tracker
+        from tasks.runtime.lineage import build_lineage, lineage_json, lineage_tree, resolve_record
+        from tasks.runtime.store import ArtifactStore
+        from tasks.runtime.tracking import Tracker
 
         store = ArtifactStore(default_root(root))
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -37,11 +37,11 @@ from tasks.features import EXTRACT_FEATURES
 from tasks.ingest import INGEST
 from tasks.merge import MERGE, PART
 from tasks.prune import PRUNE
-from tasks.refs import ArtifactRef, numbered
 from tasks.report import REPORT, read_report
-from tasks.store import ArtifactStore
+from tasks.runtime.refs import ArtifactRef, numbered
+from tasks.runtime.store import ArtifactStore
+from tasks.runtime.tracking import Tracker
 from tasks.teacher import TRAIN_TEACHER
-from tasks.tracking import Tracker
 
 STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "train_teacher", "distill", "merge", "prune",
           "evaluate_round", "evaluate", "baseline_round", "baseline", "report")

@@ -32,10 +32,10 @@ from typing import Any
 
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
-from tasks.refs import ArtifactRef
-from tasks.stage import StageError, bind_stage_task
-from tasks.store import ArtifactStore
-from tasks.tracking import Tracker
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageError, bind_stage_task
+from tasks.runtime.store import ArtifactStore
+from tasks.runtime.tracking import Tracker
 
 log = logging.getLogger("ddflow.flow")
 

@@ -17,10 +17,10 @@ from flows.distill import Branches, Timeline, expand_force, load_config
 from flows.orchestration import PipelineRun, default_root
 from tasks.configs import ReportConfig
 from tasks.ingest import INGEST
-from tasks.refs import ArtifactRef
 from tasks.report import REPORT, read_report, stored_ipc
-from tasks.store import ArtifactStore
-from tasks.tracking import Tracker
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.store import ArtifactStore
+from tasks.runtime.tracking import Tracker
 
 
 def external_ref(uri: str, kind: str) -> ArtifactRef:

@@ -24,8 +24,8 @@ from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.distill.loop import distill
 from ddcore.synthetic import SyntheticSet
 from tasks.features import load_keep
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 
 def synthetic_grid(sset: SyntheticSet, classes: list[str], per_class: int = 10) -> bytes:

@@ -24,8 +24,8 @@ from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.train import EpochCheckpoint, train_and_evaluate
 from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
-from tasks.refs import ArtifactRef, numbered, numbered_inputs
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef, numbered, numbered_inputs
+from tasks.runtime.stage import StageContext, make_stage_task
 
 RESULTS = "results.json"
 ROUND = "round"

@@ -14,8 +14,8 @@ import numpy as np
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.data import storage as fsio
 from ddcore.prune.core import PruneConfig, prune_real
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 KEEP_FILE = "keep.json"
 

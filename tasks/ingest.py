@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from ddcore.data.ingest import IngestConfig, ingest
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 
 def ingest_stage(inputs: dict[str, ArtifactRef], config: IngestConfig, out: str, ctx: StageContext) -> dict:

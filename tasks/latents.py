@@ -14,8 +14,8 @@ from ddcore.latent.ddoq import DDOQConfig
 from ddcore.latent.stage import ddoq_stage, encode_latents_stage, train_or_load_vae
 from ddcore.latent.vae import VAEConfig
 from tasks.configs import EncodeConfig
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 
 def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str, ctx: StageContext) -> dict:

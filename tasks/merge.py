@@ -15,8 +15,8 @@ from ddcore.data.synthetic_io import load_synthetic
 from ddcore.distill.merge import merge_class_groups
 from tasks.configs import MergeConfig
 from tasks.distill import publish_synthetic
-from tasks.refs import ArtifactRef, numbered_inputs
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef, numbered_inputs
+from tasks.runtime.stage import StageContext, make_stage_task
 
 PART = "part"
 """Prefix of the merge stage's inputs: ``part-000``, ``part-001``, ..."""

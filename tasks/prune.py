@@ -11,8 +11,8 @@ from ddcore.data import open_artifact
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.prune.core import PruneConfig, prune_synthetic
 from tasks.distill import publish_synthetic
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 
 def prune_stage(inputs: dict[str, ArtifactRef], config: PruneConfig, out: str, ctx: StageContext) -> dict:

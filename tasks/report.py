@@ -29,9 +29,9 @@ from ddcore.errors import ConfigError
 from ddcore.evaluate.metrics import hlr, ior, lrs, summarize
 from tasks.configs import ReportConfig
 from tasks.evaluate import read_results
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, make_stage_task
-from tasks.store import REF_FILE
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
+from tasks.runtime.store import REF_FILE
 
 RESULTS = "results.json"
 SOFT = "+soft"

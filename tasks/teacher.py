@@ -15,8 +15,8 @@ from ddcore.data import open_artifact
 from ddcore.evaluate.teacher import TeacherConfig, save_teacher, train_teacher
 from ddcore.evaluate.train import EpochCheckpoint
 from tasks.evaluate import test_split
-from tasks.refs import ArtifactKind, ArtifactRef
-from tasks.stage import StageContext, make_stage_task
+from tasks.runtime.refs import ArtifactKind, ArtifactRef
+from tasks.runtime.stage import StageContext, make_stage_task
 
 TEACHER_STAGE = "train_teacher"
 TEACHER_KIND: ArtifactKind = "teacher"

@@ -204,7 +204,7 @@ def _fake_ray(cpus: float, gpus: float) -> None:
 
 
 def _lock_timeout(tmp: Path) -> None:
-    from tasks.store import ArtifactStore
+    from tasks.runtime.store import ArtifactStore
 
     held, release = threading.Event(), threading.Event()
 

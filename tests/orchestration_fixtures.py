@@ -47,10 +47,10 @@ from prefect import flow  # noqa: E402
 from ddcore.config import StageConfig, apply_overrides, load_yaml  # noqa: E402
 from ddcore.data import storage as fsio  # noqa: E402
 from flows.orchestration import PipelineRun, default_root  # noqa: E402
-from tasks.refs import ArtifactRef  # noqa: E402
-from tasks.stage import StageContext, make_stage_task  # noqa: E402
-from tasks.store import ArtifactStore  # noqa: E402
-from tasks.tracking import Tracker  # noqa: E402
+from tasks.runtime.refs import ArtifactRef  # noqa: E402
+from tasks.runtime.stage import StageContext, make_stage_task  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
+from tasks.runtime.tracking import Tracker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTER_ENV = "DDFLOW_TOY_COUNTER_DIR"

@@ -18,9 +18,9 @@ from ddcore.data.ingest import IngestConfig
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from tasks.distill import distill_stage
 from tasks.ingest import ingest_stage
-from tasks.refs import ArtifactRef
-from tasks.stage import StageError, run_stage
-from tasks.store import REF_FILE, ArtifactStore
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageError, run_stage
+from tasks.runtime.store import REF_FILE, ArtifactStore
 
 LOOP = {"iterations": 6, "width": 8, "batch_real": 6, "checkpoint_every": 1, "log_every": 1}
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -75,9 +75,9 @@ def test_catalogue_row(row: Row, fake_fmnist: Path, tmp_path: Path, monkeypatch:
         monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
     if case.flow:
         request.getfixturevalue("prefect_harness")
-        import tasks.tracking
+        import tasks.runtime.tracking
 
-        monkeypatch.setattr(tasks.tracking, "_WARNED", set())
+        monkeypatch.setattr(tasks.runtime.tracking, "_WARNED", set())
     if case.prepare:
         case.prepare()
     if case.call is not None:

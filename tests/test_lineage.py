@@ -13,10 +13,10 @@ pytest_plugins = ["orchestration_fixtures"]
 from orchestration_fixtures import ToyConfig, double_numbers, free_port, make_numbers, total_numbers  # noqa: E402
 
 from flows.cli import app  # noqa: E402
-from tasks.lineage import LineageError, build_lineage, lineage_json, lineage_tree, resolve_record  # noqa: E402
-from tasks.refs import ArtifactRef  # noqa: E402
-from tasks.stage import run_stage  # noqa: E402
-from tasks.store import ArtifactStore  # noqa: E402
+from tasks.runtime.lineage import LineageError, build_lineage, lineage_json, lineage_tree, resolve_record  # noqa: E402
+from tasks.runtime.refs import ArtifactRef  # noqa: E402
+from tasks.runtime.stage import run_stage  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
 
 
 @pytest.fixture

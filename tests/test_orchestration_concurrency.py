@@ -15,8 +15,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tasks.locks import LockTimeoutError
-from tasks.store import ArtifactStore
+from tasks.runtime.locks import LockTimeoutError
+from tasks.runtime.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,8 @@ import json, os, sys, time, logging
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 from ddcore.config import StageConfig
-from tasks.stage import run_stage
-from tasks.store import ArtifactStore
+from tasks.runtime.stage import run_stage
+from tasks.runtime.store import ArtifactStore
 
 class Cfg(StageConfig):
     value: int = 3
@@ -49,7 +49,7 @@ print(ref.to_json())
 
 HOLDER = r"""
 import sys, time
-from tasks.store import ArtifactStore
+from tasks.runtime.store import ArtifactStore
 with ArtifactStore(sys.argv[1]).lock("slow", "0123456789abcdef0123"):
     print("locked", flush=True)
     time.sleep(60)

@@ -46,8 +46,8 @@ def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: 
     torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
     assert b.extra["class_groups"] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]] and len(b.extra["parts"]) == 3
     assert next(r for r in three["results"] if r["method"] == "dm")["n_eval"] == 2
-    from tasks.lineage import build_lineage, lineage_json, resolve_record
-    from tasks.store import ArtifactStore
+    from tasks.runtime.lineage import build_lineage, lineage_json, resolve_record
+    from tasks.runtime.store import ArtifactStore
 
     store = ArtifactStore(str(tmp_path / "three"))
     dm_digest = next(r["digest"] for r in three["results"] if r["method"] == "dm")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ddcore.errors import ArtifactError
-from tasks.refs import ArtifactRef, RefRecord
-from tasks.stage import StageError, is_transient, run_stage
-from tasks.store import ArtifactStore
+from tasks.runtime.refs import ArtifactRef, RefRecord
+from tasks.runtime.stage import StageError, is_transient, run_stage
+from tasks.runtime.store import ArtifactStore
 
 pytest_plugins = ["orchestration_fixtures"]
 
@@ -230,7 +230,7 @@ def test_memory_store_through_the_same_code(toy_env: Path) -> None:
 def test_loops_get_a_local_checkpoint_folder_for_any_root(tmp_path: Path) -> None:
     """A stage's torch.save loops get a real local folder: the checkpoint folder itself for a local root, a
     per-(stage, key) scratch folder for a remote one (never a relative 'memory:/...' path in the cwd)."""
-    from tasks.stage import StageContext
+    from tasks.runtime.stage import StageContext
 
     local = StageContext(stage="distill", key="k" * 20, checkpoint_dir=str(tmp_path / "ck"), device="cpu", seed=0)
     assert local.local_checkpoint_dir == tmp_path / "ck"

@@ -23,7 +23,7 @@ from flows.runners import (  # noqa: E402
     runner_session,
     stage_options,
 )
-from tasks.store import ArtifactStore  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
 
 
 @flow(name="toy-ray")

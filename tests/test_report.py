@@ -16,8 +16,8 @@ from ddcore.errors import ConfigError
 from ddcore.evaluate.metrics import lrs, summarize
 from ddcore.synthetic import SyntheticSet
 from tasks.configs import ReportConfig
-from tasks.refs import ArtifactRef
 from tasks.report import build_rows
+from tasks.runtime.refs import ArtifactRef
 
 pytest_plugins = ["orchestration_fixtures"]
 

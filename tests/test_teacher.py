@@ -28,9 +28,9 @@ from ddcore.evaluate.teacher import (
 from ddcore.evaluate.train import train_and_evaluate
 from ddcore.sampling import TensorSampler
 from tasks.ingest import ingest_stage
-from tasks.refs import ArtifactRef
-from tasks.stage import StageContext, run_stage
-from tasks.store import ArtifactStore
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import StageContext, run_stage
+from tasks.runtime.store import ArtifactStore
 from tasks.teacher import TEACHER_KIND, TEACHER_STAGE, TRAIN_TEACHER, teacher_stage
 
 pytest_plugins = ["orchestration_fixtures"]  # the slow test uses its prefect_harness

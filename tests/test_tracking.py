@@ -14,11 +14,11 @@ pytest_plugins = ["orchestration_fixtures"]
 from orchestration_fixtures import TOY_STAGES, ToyConfig, free_port, make_numbers, toy_flow  # noqa: E402
 
 from flows.cli import app  # noqa: E402
-from tasks.lineage import resolve_record  # noqa: E402
-from tasks.refs import RefRecord  # noqa: E402
-from tasks.stage import run_stage  # noqa: E402
-from tasks.store import ArtifactStore  # noqa: E402
-from tasks.tracking import Tracker  # noqa: E402
+from tasks.runtime.lineage import resolve_record  # noqa: E402
+from tasks.runtime.refs import RefRecord  # noqa: E402
+from tasks.runtime.stage import run_stage  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
+from tasks.runtime.tracking import Tracker  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -36,9 +36,9 @@ def tracking_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.fixture(autouse=True)
 def _fresh_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test sees the 'warn once' state of a new process."""
-    import tasks.tracking
+    import tasks.runtime.tracking
 
-    monkeypatch.setattr(tasks.tracking, "_WARNED", set())
+    monkeypatch.setattr(tasks.runtime.tracking, "_WARNED", set())
 
 
 def test_parent_and_nested_runs_with_lineage(tmp_path: Path, toy_env: Path, mlflow_uri: str) -> None:

@@ -31,7 +31,7 @@ from ddcore.distill.pool import FeaturePool
 from ddcore.errors import ArtifactError, ConfigError, DataError
 from flows.cli import app
 from flows.config import RunConfig
-from tasks.store import ArtifactStore
+from tasks.runtime.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from conftest import write_fake_fmnist
 
-from tasks.store import ArtifactStore
+from tasks.runtime.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[2]
 DDFLOW = [sys.executable, "-m", "flows.cli"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from faultkit import cli_env, fingerprint, kill_group, start_cli, temp_leftovers, wait_for
 
-from tasks.store import ArtifactStore
+from tasks.runtime.store import ArtifactStore
 
 pytest_plugins = ["faultkit"]
 

@@ -1,7 +1,7 @@
 """``kill -9`` of a running ``ddflow run`` (CLI, Prefect, real stages) during ingest and during evaluation:
 the re-run keeps every finished stage and checkpoint, and ends with exactly the outputs of an undisturbed
 run. (A kill during distillation is tests/test_pipeline.py's.) Kill windows come from
-``DDFLOW_FAULT_SLEEP`` (tasks/stage.py ``fault_point``)."""
+``DDFLOW_FAULT_SLEEP`` (tasks/runtime/stage.py ``fault_point``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from faultkit import (
     wait_for,
 )
 
-from tasks.locks import pid_alive
+from tasks.runtime.locks import pid_alive
 
 pytest_plugins = ["faultkit"]
 

@@ -16,7 +16,7 @@ pytest_plugins = ["orchestration_fixtures", "faultkit"]
 from faultkit import computed, error_lines, fingerprint, invoke, stage_flags, temp_leftovers  # noqa: E402
 from orchestration_fixtures import REPO  # noqa: E402,F401 - sets PREFECT_HOME before prefect is imported
 
-from tasks.store import ArtifactStore  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
 
 FAULTS = [("ingest", "before", []), ("distill", "after", ["ingest"]), ("evaluate_round", "step1", ["ingest"])]
 """(stage, point, stages that must have finished before the fault whatever the order of parallel branches)"""

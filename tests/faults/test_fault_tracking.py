@@ -32,9 +32,9 @@ def test_tracking_store_lost_mid_run(fault_data: Path, inprocess_reference: Path
     ``ddflow lineage`` walks from the report back to ingest from ref.json alone."""
     from mlflow import MlflowClient
 
-    import tasks.tracking
+    import tasks.runtime.tracking
 
-    monkeypatch.setattr(tasks.tracking, "_WARNED", set())
+    monkeypatch.setattr(tasks.runtime.tracking, "_WARNED", set())
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs_created = {"n": 0}
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ddcore.config import StageConfig
-from tasks.mlflow_source import artifact_source
-from tasks.refs import ArtifactRef, code_version, code_version_label
+from tasks.runtime.mlflow_source import artifact_source
+from tasks.runtime.refs import ArtifactRef, code_version, code_version_label
 
 log = logging.getLogger("ddflow.tracking")
 T = TypeVar("T")

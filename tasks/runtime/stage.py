@@ -29,9 +29,9 @@ from typing import Any
 
 from ddcore.config import StageConfig
 from ddcore.errors import DDFlowError
-from tasks.refs import ArtifactKind, ArtifactRef, utc_now
-from tasks.store import REF_FILE, ArtifactStore
-from tasks.tracking import StageRun, Tracker
+from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
+from tasks.runtime.store import REF_FILE, ArtifactStore
+from tasks.runtime.tracking import StageRun, Tracker
 
 StageResult = Mapping[str, float | int | str] | None
 OomHook = Callable[[StageConfig, int], StageConfig | None]
@@ -330,7 +330,7 @@ def make_stage_task(stage_name: str, fn: StageFn, kind: ArtifactKind, *, retries
         delays = float(retry_delay_seconds)
     else:
         delays = [float(d) for d in retry_delay_seconds]
-    from tasks.prefect_cache import StageCachePolicy
+    from tasks.runtime.prefect_cache import StageCachePolicy
 
     return task(stage_task, name=stage_name, cache_policy=StageCachePolicy(stage=stage_name), persist_result=True,
                 retries=retries, retry_delay_seconds=delays, retry_condition_fn=retry_on_transient, tags=set(tags),
@@ -339,7 +339,7 @@ def make_stage_task(stage_name: str, fn: StageFn, kind: ArtifactKind, *, retries
 
 def bind_stage_task(task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
     """``task`` with its result storage under the store (``<root>/_prefect/results``) and ``refresh_cache``."""
-    from tasks.prefect_cache import result_dir_for
+    from tasks.runtime.prefect_cache import result_dir_for
 
     return task.with_options(result_storage=result_dir_for(store), refresh_cache=refresh or None)
 

@@ -26,7 +26,7 @@ import filelock
 
 from ddcore.data import storage as fsio
 from ddcore.errors import DDFlowError
-from tasks.refs import hostname, utc_now
+from tasks.runtime.refs import hostname, utc_now
 
 log = logging.getLogger("ddflow.store")
 

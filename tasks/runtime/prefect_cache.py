@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
-from tasks.store import ArtifactStore
+from tasks.runtime.store import ArtifactStore
 
 log = logging.getLogger("ddflow.stage")
 

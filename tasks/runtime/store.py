@@ -29,8 +29,8 @@ import ddcore
 from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.errors import ArtifactError
-from tasks import locks
-from tasks.refs import (
+from tasks.runtime import locks
+from tasks.runtime.refs import (
     DATASET_KINDS,
     STAGE_NAME_PATTERN,
     ArtifactKind,
