@@ -33,7 +33,7 @@ from typing import Any
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
 from tasks.runtime.refs import ArtifactRef
-from tasks.runtime.stage import StageError, bind_stage_task
+from tasks.runtime.stage import StageError
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
 
@@ -103,6 +103,8 @@ class PipelineRun:
         forced = self.is_forced(stage, inputs)
         if forced:
             self._refreshed.add(stage)
+        from tasks.runtime.prefect_task import bind_stage_task
+
         return bind_stage_task(task, self.store, refresh=forced), forced
 
     def run(self, task: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None, *,

@@ -8,9 +8,12 @@ A stage function is pure library code (it never imports prefect or mlflow)::
         # return a small JSON-serialisable summary
 
 :func:`run_stage` calls it at most once per stage key across processes and publishes ``out`` under
-``<root>/<stage>/<key>/`` with its ``ref.json``. :func:`make_stage_task` wraps that as a Prefect task
-whose cache key is the stage key (never the run id, never a hash of tensors), so re-running a flow
-after a failure in stage k shows ``Cached`` for the stages before k and executes only k and after.
+``<root>/<stage>/<key>/`` with its ``ref.json``. :func:`make_stage_task` declares a :class:`Stage` (name,
+function, artifact kind, run options); its Prefect task (``Stage.task``, made on first use by
+``tasks.runtime.prefect_task``) has the stage key as cache key (never the run id, never a hash of tensors),
+so re-running a flow after a failure in stage k shows ``Cached`` for the stages before k and executes only
+k and after. Declaring a stage imports nothing of Prefect: the direct executor
+(``benchmarks/direct_pipeline.py``) calls ``Stage.fn`` without it.
 """
 
 from __future__ import annotations
@@ -302,58 +305,45 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, _NON_TRANSIENT_OS)
 
 
-# -- Prefect ---------------------------------------------------------------------------------
+# -- stage declarations ----------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """A pipeline stage: ``fn`` run by :func:`run_stage` as stage ``name``, producing an artifact of ``kind``.
+
+    ``tags`` (``gpu`` marks stages that want an accelerator), ``retries`` / ``retry_delay_seconds`` (transient
+    errors only), ``on_oom`` and ``timeout_seconds`` are the Prefect task's options. :attr:`task` builds
+    that task on first use, so importing a stage module never imports Prefect.
+    """
+
+    name: str
+    fn: StageFn
+    kind: ArtifactKind
+    tags: tuple[str, ...] = ()
+    retries: int = 2
+    retry_delay_seconds: float | tuple[float, ...] | None = None
+    on_oom: OomHook | None = None
+    timeout_seconds: float | None = None
+
+    @property
+    def task(self) -> Any:
+        """The Prefect task of this stage (one per stage, built lazily)."""
+        from tasks.runtime.prefect_task import prefect_task
+
+        return prefect_task(self)
+
+    def run(self, store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
+            tracker: Tracker | None = None, *, force: bool = False, device: str | None = None,
+            logger: logging.Logger | logging.LoggerAdapter | None = None) -> ArtifactRef:
+        """:func:`run_stage` with this stage's function and options (what the Prefect task calls)."""
+        return run_stage(store, self.name, self.fn, inputs or {}, config, self.kind, tracker, force=force,
+                         device=device, on_oom=self.on_oom, logger=logger)
+
+
 def make_stage_task(stage_name: str, fn: StageFn, kind: ArtifactKind, *, retries: int = 2,
                     retry_delay_seconds: float | Sequence[float] | None = None, tags: Sequence[str] = (),
-                    on_oom: OomHook | None = None, timeout_seconds: float | None = None) -> Any:
-    """A Prefect task running ``fn`` as stage ``stage_name`` through :func:`run_stage`.
-
-    The task is called as ``task(store=..., config=..., inputs={...}, tracker=..., force=..., device=...)``
-    and returns an :class:`ArtifactRef`. Its cache key is ``<stage>-<stage key>``; results are persisted
-    (``persist_result=True``) and a cached result is only reused while the store still verifies the
-    output. Bind ``result_storage`` to the store with :func:`bind_stage_task` (done by
-    ``flows.orchestration.PipelineRun``). Retries (exponential backoff, 10 s base by default) happen
-    only for transient errors (:func:`is_transient`); CUDA OOM goes to ``on_oom`` instead.
-    """
-    from prefect import task
-    from prefect.tasks import exponential_backoff
-
-    def stage_task(store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
-                   tracker: Tracker | None = None, force: bool = False, device: str | None = None) -> ArtifactRef:
-        return run_stage(store, stage_name, fn, inputs or {}, config, kind, tracker, force=force, device=device,
-                         on_oom=on_oom, logger=_run_logger())
-
-    stage_task.__name__ = stage_task.__qualname__ = f"stage_{stage_name}".replace("-", "_").replace(".", "_")
-    if retry_delay_seconds is None:
-        delays: Any = exponential_backoff(10)(max(retries, 1))
-    elif isinstance(retry_delay_seconds, int | float):
-        delays = float(retry_delay_seconds)
-    else:
-        delays = [float(d) for d in retry_delay_seconds]
-    from tasks.runtime.prefect_cache import StageCachePolicy
-
-    return task(stage_task, name=stage_name, cache_policy=StageCachePolicy(stage=stage_name), persist_result=True,
-                retries=retries, retry_delay_seconds=delays, retry_condition_fn=retry_on_transient, tags=set(tags),
-                timeout_seconds=timeout_seconds)
-
-
-def bind_stage_task(task: Any, store: ArtifactStore, *, refresh: bool = False) -> Any:
-    """``task`` with its result storage under the store (``<root>/_prefect/results``) and ``refresh_cache``."""
-    from tasks.runtime.prefect_cache import result_dir_for
-
-    return task.with_options(result_storage=result_dir_for(store), refresh_cache=refresh or None)
-
-
-def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only when the failure is transient."""
-    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return isinstance(exc, BaseException) and is_transient(exc)
-
-
-def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a run context
-        return logging.getLogger("ddflow.stage")
+                    on_oom: OomHook | None = None, timeout_seconds: float | None = None) -> Stage:
+    """Declare stage ``stage_name`` (see :class:`Stage`); ``flows.orchestration.PipelineRun`` runs its task."""
+    delays = retry_delay_seconds if retry_delay_seconds is None or isinstance(retry_delay_seconds, int | float) \
+        else tuple(float(d) for d in retry_delay_seconds)
+    return Stage(stage_name, fn, kind, tags=tuple(tags), retries=retries, retry_delay_seconds=delays,
+                 on_oom=on_oom, timeout_seconds=timeout_seconds)

@@ -1,4 +1,5 @@
-"""Prefect cache policy keyed on the ddflow stage key.
+"""The Prefect side of a stage: its task (built once per :class:`~tasks.runtime.stage.Stage`), the cache
+policy keyed on the ddflow stage key, result storage under the store, and retries on transient errors only.
 
 Prefect's default policy includes the run id, so nothing would be reused across flow runs; hashing
 inputs would also hash whatever big objects a task receives. Here the cache key is
@@ -9,15 +10,21 @@ it (output deleted, half-written, altered, or rebuilt with other content) or whe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
+from ddcore.config import StageConfig
+from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.stage import Stage, is_transient
 from tasks.runtime.store import ArtifactStore
+from tasks.runtime.tracking import Tracker
 
 log = logging.getLogger("ddflow.stage")
 
@@ -83,3 +90,53 @@ def _drop_stale_result(path: Path, store: ArtifactStore, stage: str, key: str, *
         log.info("stage %s: dropping the cached Prefect result for key %s (%s)", stage, key,
                  "forced" if force else "output missing, invalid or changed")
         path.unlink(missing_ok=True)
+
+
+@functools.cache
+def prefect_task(stage: Stage) -> Any:
+    """The Prefect task running ``stage`` through :func:`~tasks.runtime.stage.run_stage`.
+
+    The task is called as ``task(store=..., config=..., inputs={...}, tracker=..., force=..., device=...)``
+    and returns an :class:`ArtifactRef`. Its cache key is ``<stage>-<stage key>``; results are persisted
+    (``persist_result=True``) and a cached result is only reused while the store still verifies the
+    output. Bind ``result_storage`` to the store with :func:`bind_stage_task` (done by
+    ``flows.orchestration.PipelineRun``). Retries (exponential backoff, 10 s base by default) happen
+    only for transient errors (:func:`~tasks.runtime.stage.is_transient`); CUDA OOM goes to ``on_oom`` instead.
+    """
+    from prefect import task
+    from prefect.tasks import exponential_backoff
+
+    def stage_task(store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
+                   tracker: Tracker | None = None, force: bool = False, device: str | None = None) -> ArtifactRef:
+        return stage.run(store, config, inputs, tracker, force=force, device=device, logger=_run_logger())
+
+    stage_task.__name__ = stage_task.__qualname__ = f"stage_{stage.name}".replace("-", "_").replace(".", "_")
+    delays: Any = stage.retry_delay_seconds
+    if delays is None:
+        delays = exponential_backoff(10)(max(stage.retries, 1))
+    elif isinstance(delays, tuple):
+        delays = list(delays)
+    return task(stage_task, name=stage.name, cache_policy=StageCachePolicy(stage=stage.name), persist_result=True,
+                retries=stage.retries, retry_delay_seconds=delays, retry_condition_fn=retry_on_transient,
+                tags=set(stage.tags), timeout_seconds=stage.timeout_seconds)
+
+
+def bind_stage_task(stage: Stage, store: ArtifactStore, *, refresh: bool = False) -> Any:
+    """The Prefect task of ``stage`` with its result storage under the store (``<root>/_prefect/results``)
+    and ``refresh_cache``."""
+    return prefect_task(stage).with_options(result_storage=result_dir_for(store), refresh_cache=refresh or None)
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure is transient."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run context
+        return logging.getLogger("ddflow.stage")
