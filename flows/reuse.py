@@ -13,11 +13,12 @@ from typing import Any
 from prefect import flow
 
 from ddcore.data import open_artifact
-from flows.distill import Branches, Timeline, expand_force, load_config
+from flows.distill import load_config
+from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
-from tasks.configs import ReportConfig
-from tasks.ingest import INGEST
-from tasks.report import REPORT, read_report, stored_ipc
+from flows.plan import INGEST, STAGES, build_evaluate_plan, expand_force
+from tasks.ingest import INGEST as INGEST_STAGE
+from tasks.report import read_report, stored_ipc
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
@@ -35,7 +36,7 @@ def ingest_flow(config_path: str, overrides: list[str] | None = None, root: str 
     cfg = load_config(config_path, overrides)
     store = ArtifactStore(default_root(root))
     with PipelineRun(store, run_name=f"{cfg.name}-ingest", stages=("ingest",)) as run:
-        ref = run.run(INGEST, cfg.data)
+        ref = run.run(INGEST_STAGE, cfg.data)
     return ref.model_dump()
 
 
@@ -50,16 +51,8 @@ def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: lis
     syn, data = external_ref(synthetic, "synthetic"), external_ref(dataset, "dataset")
     extra = open_artifact(synthetic).meta.extra
     ipc = stored_ipc(extra, int(extra.get("ipc") or 1))  # the baseline matches the stored images (DD-Ranking)
-    with PipelineRun(store, tracker=tracker, run_name=f"{cfg.name}-evaluate", force=expand_force(force),
-                     stages=("evaluate_round", "evaluate", "baseline_round", "baseline", "report")) as run:
-        step = Timeline(run)
-        fan = Branches(run, cfg, step, num_classes=open_artifact(dataset).meta.num_classes)
-        fan.evaluate(syn, data, f"evaluate/external/ipc{ipc}")
-        if cfg.random_baseline:
-            fan.baseline(data, ipc, f"baseline/ipc{ipc}")
-        refs = fan.collect()
-        inputs = {f"set/external/{ipc}": syn, f"eval/external/{ipc}": refs[f"evaluate/external/ipc{ipc}"]}
-        if cfg.random_baseline:
-            inputs[f"baseline/{ipc}"] = refs[f"baseline/ipc{ipc}"]
-        rep = step(REPORT, ReportConfig(run=f"{cfg.name}-evaluate", full_data_acc=cfg.full_data_acc), inputs)
-    return read_report(rep.uri)["results"][0]
+    plan = build_evaluate_plan(cfg, ipc=ipc)
+    with PipelineRun(store, tracker=tracker, run_name=plan.name, force=expand_force(force), stages=STAGES) as run:
+        refs = PlanExecutor(run, device=cfg.device, runner=cfg.runner,
+                            given={INGEST: data, "synthetic": syn}).execute(plan.nodes)
+    return read_report(refs["report"].uri)["results"][0]

@@ -65,9 +65,30 @@ class EncodeConfig(StageConfig):
     dtype: Literal["float16", "float32"] = "float32"
 
 
+class ReportRow(StageConfig):
+    """One row of a run's results table, as the plan lays it out; fields other than ``label``/``ipc`` name
+    report inputs (the ids of the plan nodes that made them).
+
+    ``evaluation``: the set's evaluation aggregate; ``synthetic``: the set; ``baseline``: the random-subset
+    baseline the IOR is paired with (the soft-label one for a ``+soft`` row), if any; ``hard``: the
+    hard-label evaluation of the same set that HLR reads (``evaluation`` itself for a hard-label row; ``None``:
+    no HLR/LRS);
+    ``pruned_from``: ``(label, ipc)`` of the row of the set a pruned set was pruned from.
+    """
+
+    label: str
+    ipc: int = Field(ge=1)
+    evaluation: str
+    synthetic: str
+    baseline: str | None = None
+    hard: str | None
+    pruned_from: tuple[str, int] | None = None
+
+
 class ReportConfig(StageConfig):
-    """Report stage: the run's name and the random-baseline pairing used for IOR."""
+    """Report stage: the run's name, its rows (built by the plan) and the HLR/LRS settings."""
 
     run: str
     lrs_weight: float = Field(0.5, ge=0, le=1)
     full_data_acc: float | None = Field(None, ge=0, le=1)
+    rows: tuple[ReportRow, ...] = ()

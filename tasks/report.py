@@ -1,8 +1,8 @@
 """Stage ``report``: one table of results from the evaluation outputs, plus plots.
 
-Inputs are named ``eval/<label>/<ipc>`` (a set's evaluation), ``baseline/<ipc>`` (random subsets of
-that IPC; ``baseline/<ipc>/soft`` under the soft-label teacher, paired with ``<method>+soft`` rows) and
-``set/<label>/<ipc>`` (the evaluated synthetic set). Accuracies are fractions. The DD-Ranking scores
+The rows come typed in the config (:class:`~tasks.configs.ReportRow`, laid out by the run plan); each names
+its inputs: the set's evaluation, the set, the random-subset baseline (the soft-label one for a ``+soft``
+row) and the hard-label evaluation HLR reads. Accuracies are fractions. The DD-Ranking scores
 (ecosystem.md §A4) are computed per round, rounds paired by network seed, and reported as mean and std:
 
 - IOR = Acc(set, its own recipe) − Acc(random real subset, same recipe): a ``+soft`` row against the
@@ -31,23 +31,14 @@ from tasks.configs import ReportConfig
 from tasks.evaluate import read_results
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, make_stage_task
-from tasks.runtime.store import REF_FILE
+from tasks.runtime.store import read_record_at
 
 RESULTS = "results.json"
-SOFT = "+soft"
 IOR_BASELINE = ("same storage budget (DD-Ranking): random real subset with baseline_ipc = the row's IPC of stored "
                 "images (stored_ipc); a set whose stored images decode into more (images_per_class) is not given "
                 "a larger baseline")
 HLR_RULE = ("per round (paired by network seed): HLR = full_data_acc - hard-label accuracy of the row named in "
             "hlr_from (a +soft row uses its hard-label row); LRS from that round's IOR and HLR; *_std over rounds")
-
-
-def _record_metrics(uri: str) -> dict[str, Any]:
-    fs, path = fsio.get_fs(uri)
-    try:
-        return json.loads(fs.cat_file(fsio.join(path, REF_FILE))).get("metrics", {})
-    except FileNotFoundError:
-        return {}
 
 
 def accs_by_seed(res: dict[str, Any], name: str) -> dict[int, float]:
@@ -92,52 +83,43 @@ def _scores(row: dict[str, Any], name: str, res: dict[str, Any], base: dict[str,
     hard_accs = syn if hard is res else accs_by_seed(hard, hname)
     hl = [hlr(config.full_data_acc, h) for _, h in paired(syn, name, hard_accs, hname)]
     row["hlr"], row["hlr_std"] = summarize(hl)
-    row["hlr_from"] = hname.split("/")[1]
     if iors is not None:
         row["lrs"], row["lrs_std"] = summarize([lrs(i, h, weight=config.lrs_weight)
                                                 for i, h in zip(iors, hl, strict=True)])
 
 
 def build_rows(inputs: dict[str, ArtifactRef], config: ReportConfig) -> list[dict[str, Any]]:
-    """Result rows, one per evaluated ``(label, ipc)``, in input order.
+    """Result rows, one per :class:`~tasks.configs.ReportRow` of ``config`` (the plan's order).
 
-    A pruned set's row names the row of the set it was pruned from in ``pruned_from`` (``{method, ipc}``; the
-    same kind of labels), so pruned, unpruned and distilled-directly rows can be told apart.
+    A pruned set's row names the row of the set it was pruned from in ``pruned_from`` (``{method, ipc}``), so
+    pruned, unpruned and distilled-directly rows can be told apart.
     """
-    rows, sources = [], []
-    for name, ref in inputs.items():
-        parts = name.split("/")
-        if parts[0] != "eval":
-            continue
-        label, ipc = parts[1], int(parts[2])
-        res = read_results(ref.uri)
-        soft = label.endswith(SOFT)
-        bkey = f"baseline/{ipc}/soft" if soft else f"baseline/{ipc}"
-        base = read_results(inputs[bkey].uri) if bkey in inputs else None
-        hkey, hard = name, res
-        if soft:  # HLR needs the same set's accuracies under hard labels: its hard-label row
-            hkey = f"eval/{label[: -len(SOFT)]}/{ipc}"
-            hard = read_results(inputs[hkey].uri) if hkey in inputs else None
-        syn = inputs.get(f"set/{label}/{ipc}")
+    label_of = {spec.evaluation: spec.label for spec in config.rows}
+    known = {(spec.label, spec.ipc) for spec in config.rows}
+    rows = []
+    for spec in config.rows:
+        res = read_results(inputs[spec.evaluation].uri)
+        base = read_results(inputs[spec.baseline].uri) if spec.baseline else None
+        hard = res if spec.hard == spec.evaluation else read_results(inputs[spec.hard].uri) if spec.hard else None
+        syn = inputs[spec.synthetic]
         per_class = int(res["ipc"])  # training images per class the evaluation used (decoded)
-        extra = open_artifact(syn.uri, verify="none").meta.extra if syn is not None else {}
-        row: dict[str, Any] = {"method": label, "ipc": ipc, "acc_mean": res["acc_mean"], "acc_std": res["acc_std"],
-                               "n_eval": len(res["accs"]), "random_mean": None, "random_std": None, "ior": None,
-                               "hlr": None, "lrs": None, "ior_std": None, "hlr_std": None, "lrs_std": None,
-                               "hlr_from": None, "baseline_ipc": None,
+        extra = open_artifact(syn.uri, verify="none").meta.extra
+        row: dict[str, Any] = {"method": spec.label, "ipc": spec.ipc, "acc_mean": res["acc_mean"],
+                               "acc_std": res["acc_std"], "n_eval": len(res["accs"]), "random_mean": None,
+                               "random_std": None, "ior": None, "hlr": None, "lrs": None, "ior_std": None,
+                               "hlr_std": None, "lrs_std": None, "hlr_from": None, "baseline_ipc": None,
                                "stored_ipc": stored_ipc(extra, per_class),
                                "images_per_class": per_class, "protocol": res["protocol"],
                                "n_images": res["n_images"], "labels": res.get("labels", "set")}
-        _scores(row, name, res, base, bkey, hard, hkey, config)
-        row["seconds"] = float(_record_metrics(syn.uri).get("seconds", 0.0)) if syn else 0.0
-        row["artifact"] = syn.uri if syn else None
-        row["digest"] = syn.sha256 if syn else None
+        _scores(row, spec.evaluation, res, base, spec.baseline or "", hard, spec.hard or "", config)
+        if row["hlr"] is not None:
+            row["hlr_from"] = label_of.get(spec.hard, spec.label)
+        rec = read_record_at(syn.uri)
+        row["seconds"] = float(rec.metrics.get("seconds", 0.0)) if rec is not None else 0.0
+        row["artifact"], row["digest"] = syn.uri, syn.sha256
+        src = spec.pruned_from
+        row["pruned_from"] = {"method": src[0], "ipc": src[1]} if src is not None and tuple(src) in known else None
         rows.append(row)
-        sources.append(extra.get("pruned_from_digest"))
-    by_set = {(r["digest"], r["labels"]): r for r in rows if r["digest"]}
-    for row, src in zip(rows, sources, strict=True):
-        unpruned = by_set.get((src, row["labels"])) if src else None
-        row["pruned_from"] = {"method": unpruned["method"], "ipc": unpruned["ipc"]} if unpruned else None
     return rows
 
 

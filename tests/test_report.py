@@ -15,7 +15,7 @@ from ddcore.data.synthetic_io import save_synthetic
 from ddcore.errors import ConfigError
 from ddcore.evaluate.metrics import lrs, summarize
 from ddcore.synthetic import SyntheticSet
-from tasks.configs import ReportConfig
+from tasks.configs import ReportConfig, ReportRow
 from tasks.report import build_rows
 from tasks.runtime.refs import ArtifactRef
 
@@ -45,6 +45,14 @@ def _set(tmp: Path, name: str, per_class: int, extra: dict[str, Any]) -> Artifac
     return ArtifactRef(uri=str(tmp / name), sha256=digest, stage="distill", key="1" * 20, kind="synthetic")
 
 
+def _spec(label: str, ipc: int, *, baseline: str | None, hard: str | None = "", synthetic: str = "set",
+          pruned_from: tuple[str, int] | None = None) -> ReportRow:
+    """A typed report row reading input ``eval/<label>`` (its hard-label evaluation unless ``hard`` is given)."""
+    ev = f"eval/{label}"
+    return ReportRow(label=label, ipc=ipc, evaluation=ev, synthetic=synthetic, baseline=baseline,
+                     hard=ev if hard == "" else hard, pruned_from=pruned_from)
+
+
 def _row(rows: list[dict], method: str, ipc: int = 2) -> dict:
     return next(r for r in rows if r["method"] == method and r["ipc"] == ipc)
 
@@ -53,11 +61,13 @@ def test_soft_row_hlr_uses_the_hard_label_accuracies_of_the_same_set(tmp_path: P
     """A ``+soft`` row's IOR is soft vs the soft baseline, but its HLR is full-data minus the HARD-label accuracy
     of the same set (row named in hlr_from), LRS combines them per round; rounds pair by network seed (listed in
     another order here), and each score comes with its std over rounds."""
-    inputs = {"eval/ddoq/2": _results(tmp_path, "hard", [0.5, 0.6]),
-              "eval/ddoq+soft/2": _results(tmp_path, "soft", [0.8, 0.7], seeds=[1, 0]),
+    inputs = {"eval/ddoq": _results(tmp_path, "hard", [0.5, 0.6]),
+              "eval/ddoq+soft": _results(tmp_path, "soft", [0.8, 0.7], seeds=[1, 0]),
               "baseline/2": _results(tmp_path, "base", [0.4, 0.5]),
-              "baseline/2/soft": _results(tmp_path, "base-soft", [0.6, 0.65])}
-    rows = build_rows(inputs, CFG)
+              "baseline/2/soft": _results(tmp_path, "base-soft", [0.6, 0.65]), "set": _set(tmp_path, "s", 2, {})}
+    specs = (_spec("ddoq", 2, baseline="baseline/2"),
+             _spec("ddoq+soft", 2, baseline="baseline/2/soft", hard="eval/ddoq"))
+    rows = build_rows(inputs, CFG.model_copy(update={"rows": specs}))
     soft = _row(rows, "ddoq+soft")
     assert (soft["ior"], soft["ior_std"]) == pytest.approx((0.125, 0.025))  # seed 0: .7-.6, seed 1: .8-.65
     assert (soft["hlr"], soft["hlr_std"]) == pytest.approx((0.35, 0.05))  # .9-.5, .9-.6: not .9-.7, .9-.8
@@ -65,7 +75,8 @@ def test_soft_row_hlr_uses_the_hard_label_accuracies_of_the_same_set(tmp_path: P
     assert (soft["lrs"], soft["lrs_std"]) == pytest.approx(summarize([lrs(0.1, 0.4), lrs(0.15, 0.3)]))
     hard = _row(rows, "ddoq")
     assert (hard["ior"], hard["hlr"]) == pytest.approx((0.1, 0.35)) and hard["baseline_ipc"] == 2
-    alone = build_rows({k: v for k, v in inputs.items() if k != "eval/ddoq/2"}, CFG)
+    alone = build_rows(inputs, CFG.model_copy(update={"rows": (
+        _spec("ddoq+soft", 2, baseline="baseline/2/soft", hard=None),)}))
     assert _row(alone, "ddoq+soft")["hlr"] is None and _row(alone, "ddoq+soft")["hlr_from"] is None
     assert _row(alone, "ddoq+soft")["ior"] == pytest.approx(0.125)
 
@@ -73,13 +84,15 @@ def test_soft_row_hlr_uses_the_hard_label_accuracies_of_the_same_set(tmp_path: P
 def test_rounds_without_a_partner_seed_are_a_one_line_config_error(tmp_path: Path) -> None:
     """A set evaluated with 3 rounds against a 2-round baseline (or other seeds) fails with one line naming
     both seed lists, instead of silently pairing the first rounds."""
-    inputs = {"eval/dm/2": _results(tmp_path, "dm", [0.5, 0.6, 0.7]), "baseline/2": _results(tmp_path, "b", [0.4, 0.5])}
+    cfg = CFG.model_copy(update={"rows": (_spec("dm", 2, baseline="baseline/2"),)})
+    inputs = {"eval/dm": _results(tmp_path, "dm", [0.5, 0.6, 0.7]), "baseline/2": _results(tmp_path, "b", [0.4, 0.5]),
+              "set": _set(tmp_path, "s", 2, {})}
     with pytest.raises(ConfigError, match=r"seeds \[0, 1, 2\] but baseline/2 has \[0, 1\]") as info:
-        build_rows(inputs, CFG)
+        build_rows(inputs, cfg)
     assert "\n" not in str(info.value)
-    shifted = {"eval/dm/2": inputs["eval/dm/2"], "baseline/2": _results(tmp_path, "b2", [0.4, 0.5, 0.6], [1, 2, 3])}
+    shifted = {**inputs, "baseline/2": _results(tmp_path, "b2", [0.4, 0.5, 0.6], [1, 2, 3])}
     with pytest.raises(ConfigError, match="same evaluation.seed and num_eval"):
-        build_rows(shifted, CFG)
+        build_rows(shifted, cfg)
 
 
 def test_mosaic_set_is_compared_at_its_stored_ipc(tmp_path: Path) -> None:
@@ -89,10 +102,12 @@ def test_mosaic_set_is_compared_at_its_stored_ipc(tmp_path: Path) -> None:
     mosaic = _set(tmp_path, "ncfm", 4, {"factor": 2, "stored_ipc": 1})
     pruned = _set(tmp_path, "ncfm-pruned", 2, {"factor": 2, "stored_ipc": 1, "pruned_from": "ncfm",
                                                 "pruned_from_digest": mosaic.sha256})
-    inputs = {"eval/ncfm/1": _results(tmp_path, "e1", [0.6, 0.7], ipc=4), "set/ncfm/1": mosaic,
-              "eval/ncfm+prune/1": _results(tmp_path, "e2", [0.5, 0.6], ipc=2), "set/ncfm+prune/1": pruned,
+    inputs = {"eval/ncfm": _results(tmp_path, "e1", [0.6, 0.7], ipc=4), "set/ncfm": mosaic,
+              "eval/ncfm+prune": _results(tmp_path, "e2", [0.5, 0.6], ipc=2), "set/ncfm+prune": pruned,
               "baseline/1": _results(tmp_path, "b", [0.4, 0.5], ipc=1)}
-    rows = build_rows(inputs, ReportConfig(run="t"))
+    specs = (_spec("ncfm", 1, baseline="baseline/1", synthetic="set/ncfm"),
+             _spec("ncfm+prune", 1, baseline="baseline/1", synthetic="set/ncfm+prune", pruned_from=("ncfm", 1)))
+    rows = build_rows(inputs, ReportConfig(run="t", rows=specs))
     row = _row(rows, "ncfm", 1)
     assert (row["stored_ipc"], row["images_per_class"], row["baseline_ipc"]) == (1, 4, 1)
     assert row["ior"] == pytest.approx(0.2) and row["hlr"] is None and row["pruned_from"] is None

@@ -138,13 +138,7 @@ class ArtifactStore:
         Hash of the stage name, ``config.digest()``, the upstream sha256 digests (with their input names
         when a mapping is given) and the ddflow version. Upstream *content* counts, not where it lives.
         """
-        check_names(stage)
-        if isinstance(upstream, Mapping):
-            ups = [f"{name}={upstream[name].sha256}" for name in sorted(upstream)]
-        else:
-            ups = [ref.sha256 for ref in upstream]
-        text = "|".join([KEY_SCHEME, stage, config.digest(), *ups, ddcore.__version__])
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return stage_key(stage, config, upstream)
 
     # -- reading ---------------------------------------------------------------------------
     def read_record(self, stage: str, key: str) -> RefRecord | None:
@@ -161,19 +155,7 @@ class ArtifactStore:
 
     def read_record_at(self, uri: str, *, expect: tuple[str, str] | None = None) -> RefRecord | None:
         """The ``ref.json`` in folder ``uri`` (any store), or ``None`` when absent or unreadable."""
-        fs, path = fsio.get_fs(uri)
-        try:
-            rec = RefRecord.from_json(fs.cat_file(fsio.join(path.rstrip("/"), REF_FILE)))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("unreadable %s in %s (%s); treating the output as missing", REF_FILE, uri, type(exc).__name__)
-            return None
-        if expect is not None and (rec.ref.stage, rec.ref.key) != expect:
-            log.warning("%s in %s names %s/%s; treating the output as missing", REF_FILE, uri, rec.ref.stage,
-                        rec.ref.key)
-            return None
-        return rec
+        return read_record_at(uri, expect=expect)
 
     def lookup(self, stage: str, key: str, *, verify: Verify | None = None) -> ArtifactRef | None:
         """The verified output of ``stage``/``key``, or ``None`` when absent, incomplete or corrupt."""
@@ -320,6 +302,36 @@ class ArtifactStore:
 
     def _to_uri(self, path: str) -> str:
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+
+def stage_key(stage: str, config: StageConfig,
+              upstream: Sequence[ArtifactRef] | Mapping[str, ArtifactRef] = ()) -> str:
+    """Content address of a stage output (20 hex chars): hash of the stage name, ``config.digest()``, the
+    upstream sha256 digests (with their input names when a mapping is given) and the ddflow version."""
+    check_names(stage)
+    if isinstance(upstream, Mapping):
+        ups = [f"{name}={upstream[name].sha256}" for name in sorted(upstream)]
+    else:
+        ups = [ref.sha256 for ref in upstream]
+    text = "|".join([KEY_SCHEME, stage, config.digest(), *ups, ddcore.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def read_record_at(uri: str, *, expect: tuple[str, str] | None = None) -> RefRecord | None:
+    """The ``ref.json`` of the published output in folder ``uri`` (of any store, local or remote), or ``None``
+    when absent or unreadable; with ``expect=(stage, key)``, also ``None`` when it names another output."""
+    fs, path = fsio.get_fs(uri)
+    try:
+        rec = RefRecord.from_json(fs.cat_file(fsio.join(path.rstrip("/"), REF_FILE)))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable %s in %s (%s); treating the output as missing", REF_FILE, uri, type(exc).__name__)
+        return None
+    if expect is not None and (rec.ref.stage, rec.ref.key) != expect:
+        log.warning("%s in %s names %s/%s; treating the output as missing", REF_FILE, uri, rec.ref.stage, rec.ref.key)
+        return None
+    return rec
 
 
 def check_names(stage: str, key: str | None = None) -> None:
