@@ -13,11 +13,12 @@ from typing import Any
 from prefect import flow
 
 from ddcore.data import open_artifact
+from ddcore.evaluate.metrics import stored_ipc
 from flows.distill import Branches, Timeline, expand_force, load_config
 from flows.orchestration import PipelineRun, default_root
 from tasks.configs import ReportConfig
 from tasks.ingest import INGEST
-from tasks.report import REPORT, read_report, stored_ipc
+from tasks.report import REPORT, read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
