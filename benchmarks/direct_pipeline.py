@@ -42,7 +42,7 @@ from ddcore.distill.baselines import select_baseline
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.distill.loop import distill
 from ddcore.errors import DataError
-from ddcore.evaluate.metrics import ior, summarize
+from ddcore.evaluate.metrics import by_seed, paired_scores, summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.train import train_and_evaluate
 from ddcore.prune.core import prune_real, prune_synthetic
@@ -232,7 +232,7 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
         digest = open_artifact(syn, verify="none").digest  # the flow keys evaluations on it
         accs = rounds(f"evaluate/{label}/ipc{ipc}", ("evaluate", digest), evaluate_cfg.eval.num_eval,
                       lambda i: run.evaluate_round(data, syn, evaluate_cfg, i, device))
-        rows.append({**_row(label, ipc, accs, baselines.get(ipc)), "digest": digest})
+        rows.append({**_row(label, ipc, accs, baselines.get(ipc), seed=cfg.evaluation.seed), "digest": digest})
 
     unpruned: dict[tuple[str, int], str] = {}
     for ipc in cfg.ipcs:
@@ -261,15 +261,20 @@ def _branches(run: DirectRun, data: str, keep: list | None, latents: dict[str, s
     return rows
 
 
-def _row(label: str, ipc: int, accs: list[float], base: list[float] | None) -> dict[str, Any]:
-    """The report stage's numbers for one evaluated set (``tasks.report.build_rows``)."""
+def _row(label: str, ipc: int, accs: list[float], base: list[float] | None, *, seed: int) -> dict[str, Any]:
+    """The report stage's numbers for one evaluated set (``tasks.report.build_rows``): round i of the set and of
+    the baseline both train from network seed ``seed + i`` (``evaluate_round``/``baseline_round``, both on
+    ``cfg.evaluation``), paired by that seed in :func:`paired_scores`."""
     mean, std = summarize(accs)
-    row: dict[str, Any] = {"method": label, "ipc": ipc, "acc_mean": mean, "acc_std": std, "accs": accs,
-                           "random_mean": None, "random_std": None, "ior": None}
-    if base is not None:
-        row.update(random_mean=summarize(base)[0], random_std=summarize(base)[1],
-                   ior=summarize([ior(a, b) for a, b in zip(accs, base, strict=True)])[0])
-    return row
+    bname = f"baseline/ipc{ipc}"
+
+    def keyed(round_accs: list[float], name: str) -> dict[int, float]:
+        return by_seed([seed + i for i in range(len(round_accs))], round_accs, name)
+
+    scores = paired_scores(keyed(accs, label), baseline=None if base is None else keyed(base, bname),
+                           names=(label, bname, label))
+    return {"method": label, "ipc": ipc, "acc_mean": mean, "acc_std": std, "accs": accs,
+            "random_mean": scores.random_mean, "random_std": scores.random_std, "ior": scores.ior}
 
 
 def main(argv: list[str] | None = None) -> None:
