@@ -2,7 +2,8 @@
 
 For each IPC, each method produces a set from the same real data; every set (and ``num_eval`` random
 real subsets) is trained on by fresh ConvNets under the SAME recipe and tested on the 10k test images.
-IOR (DD-Ranking) is computed per round against the random subset of that round. Results are
+IOR (DD-Ranking) is computed per round against the random subset trained from the same network seed
+(:func:`ddcore.evaluate.metrics.paired_scores`). Results are
 accuracy fractions as mean ± std over the recorded seeds.
 
 The default budget fits a 2-core CPU (stated in the JSON): ConvNet-3 width 64 for distilling and
@@ -26,7 +27,7 @@ from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact
 from ddcore.distill.baselines import select_baseline
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.distill.loop import distill
-from ddcore.evaluate.metrics import ior, summarize
+from ddcore.evaluate.metrics import by_seed, paired_scores
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.suite import evaluate_set
 
@@ -139,19 +140,23 @@ def main() -> None:
     rows = []
     latents = LatentCache(sampler, budget, args.device) if {"ddoq", "d4m"} & set(args.methods.split(",")) else None
     for ipc in [int(v) for v in args.ipcs.split(",")]:
-        rdm_accs = []
+        rdm_accs, rdm_seeds = [], []
         for i in range(ecfg.num_eval):
             r = select_baseline(sampler, BaselineConfig(method="random", ipc=ipc, seed=100 + i))
-            rdm_accs += evaluate_set(r, test_x, test_y, config=ecfg.model_copy(update={"num_eval": 1, "seed": i}),
-                                     device=args.device).accs
-        rm, rs = summarize(rdm_accs)
+            rdm = evaluate_set(r, test_x, test_y, config=ecfg.model_copy(update={"num_eval": 1, "seed": ecfg.seed + i}),
+                               device=args.device)
+            rdm_accs += rdm.accs
+            rdm_seeds += rdm.seeds
+        rname = f"random/ipc{ipc}"
+        rdm_by_seed = by_seed(rdm_seeds, rdm_accs, rname)
         for method in args.methods.split(","):
             t0 = time.perf_counter()
             sset = make_set(method, sampler, ipc, budget, args.device, latents)
             t_set = time.perf_counter() - t0
             res = evaluate_set(sset, test_x, test_y, config=ecfg, device=args.device)
-            iors = [ior(a, b) for a, b in zip(res.accs, rdm_accs, strict=True)]
-            im, istd = summarize(iors)
+            scores = paired_scores(by_seed(res.seeds, res.accs, method), baseline=rdm_by_seed,
+                                   names=(method, rname, method))
+            rm, rs, im, istd = scores.random_mean, scores.random_std, scores.ior, scores.ior_std
             rows.append({"ipc": ipc, "method": method, "acc_mean": res.mean, "acc_std": res.std, "accs": res.accs,
                          "eval_seeds": res.seeds, "random_mean": rm, "random_std": rs, "random_accs": rdm_accs,
                          "ior": im, "ior_std": istd, "distill_seconds": t_set, "n_images": int(sset.images.shape[0]),

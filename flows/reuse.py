@@ -13,12 +13,13 @@ from typing import Any
 from prefect import flow
 
 from ddcore.data import open_artifact
+from ddcore.evaluate.metrics import stored_ipc
 from flows.distill import load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_evaluate_plan, expand_force
 from tasks.ingest import INGEST as INGEST_STAGE
-from tasks.report import read_report, stored_ipc
+from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker

@@ -25,8 +25,7 @@ from typing import Any
 
 from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
-from ddcore.errors import ConfigError
-from ddcore.evaluate.metrics import hlr, ior, lrs, summarize
+from ddcore.evaluate.metrics import accs_by_seed, paired_scores, stored_ipc
 from tasks.configs import ReportConfig
 from tasks.evaluate import read_results
 from tasks.runtime.refs import ArtifactRef
@@ -41,51 +40,26 @@ HLR_RULE = ("per round (paired by network seed): HLR = full_data_acc - hard-labe
             "hlr_from (a +soft row uses its hard-label row); LRS from that round's IOR and HLR; *_std over rounds")
 
 
-def accs_by_seed(res: dict[str, Any], name: str) -> dict[int, float]:
-    """Round accuracies of one ``results.json`` keyed by network seed (one round per seed)."""
-    rounds = res.get("rounds") or []
-    seeds = [int(r["seed"]) for r in rounds]
-    if len(rounds) != len(res["accs"]) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"report: {name} has {len(res['accs'])} accuracies but network seeds {seeds}; "
-                          "evaluate it again (one round per seed)")
-    return {s: float(r["acc"]) for s, r in zip(seeds, rounds, strict=True)}
-
-
-def paired(a: dict[int, float], a_name: str, b: dict[int, float], b_name: str) -> list[tuple[float, float]]:
-    """``(a, b)`` accuracy pairs of the same network seed; a seed on one side only is a :class:`ConfigError`."""
-    if set(a) != set(b):
-        raise ConfigError(f"report: {a_name} has rounds with network seeds {sorted(a)} but {b_name} has {sorted(b)}; "
-                          "evaluate both under the same evaluation.seed and num_eval")
-    return [(a[s], b[s]) for s in sorted(a)]
-
-
-def stored_ipc(extra: dict[str, Any], per_class: int) -> int:
-    """Stored images per class of a set from its manifest ``extra``: NCFM with ``factor`` 2 stores ``stored_ipc``
-    mosaics per class that decode into ``per_class`` = 4·``stored_ipc`` training images; a pruned set keeps
-    decoded crops, each stored as it is; any other set stores what it trains on."""
-    if int(extra.get("factor", 1)) > 1 and "stored_ipc" in extra and "pruned_from" not in extra:
-        return int(extra["stored_ipc"])
-    return per_class
 
 
 def _scores(row: dict[str, Any], name: str, res: dict[str, Any], base: dict[str, Any] | None, bname: str,
             hard: dict[str, Any] | None, hname: str, config: ReportConfig) -> None:
     """IOR against ``base``, HLR from the hard-label results ``hard`` (with ``full_data_acc``) and LRS from both,
-    per round paired by network seed, into ``row`` as mean and std."""
+    per round paired by network seed (:func:`ddcore.evaluate.metrics.paired_scores`), into ``row`` as mean and
+    std."""
     syn = accs_by_seed(res, name)
-    iors = None
+    hard_accs = None
+    if config.full_data_acc is not None and hard is not None:
+        hard_accs = syn if hard is res else accs_by_seed(hard, hname)
+    s = paired_scores(syn, baseline=accs_by_seed(base, bname) if base is not None else None, hard=hard_accs,
+                      full_data_acc=config.full_data_acc, lrs_weight=config.lrs_weight, names=(name, bname, hname))
     if base is not None:
-        iors = [ior(a, b) for a, b in paired(syn, name, accs_by_seed(base, bname), bname)]
-        row.update(random_mean=base["acc_mean"], random_std=base["acc_std"], baseline_ipc=int(base["ipc"]))
-        row["ior"], row["ior_std"] = summarize(iors)
-    if config.full_data_acc is None or hard is None:
-        return
-    hard_accs = syn if hard is res else accs_by_seed(hard, hname)
-    hl = [hlr(config.full_data_acc, h) for _, h in paired(syn, name, hard_accs, hname)]
-    row["hlr"], row["hlr_std"] = summarize(hl)
-    if iors is not None:
-        row["lrs"], row["lrs_std"] = summarize([lrs(i, h, weight=config.lrs_weight)
-                                                for i, h in zip(iors, hl, strict=True)])
+        row.update(random_mean=s.random_mean, random_std=s.random_std, baseline_ipc=int(base["ipc"]), ior=s.ior,
+                   ior_std=s.ior_std)
+    if s.hlr is not None:
+        row.update(hlr=s.hlr, hlr_std=s.hlr_std)
+    if s.lrs is not None:
+        row.update(lrs=s.lrs, lrs_std=s.lrs_std)
 
 
 def build_rows(inputs: dict[str, ArtifactRef], config: ReportConfig) -> list[dict[str, Any]]:

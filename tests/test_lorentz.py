@@ -178,3 +178,17 @@ def test_expmap0_is_differentiable_through_the_clamp():
     (grad,) = torch.autograd.grad(r, f)
     assert torch.isfinite(grad).all()
     assert float(grad.abs().max()) < 1e-6
+
+
+def test_every_clamp_radius_default_is_the_code_constant() -> None:
+    """The three ``clamp_radius`` defaults (``expmap0``, ``HDDOptions``, ``PruneConfig``) are the one named
+    constant ``CODE_CLAMP_RADIUS`` (the released HDD code's clamp, 10), so they cannot drift apart."""
+    import inspect
+
+    from ddcore.distill.config import HDDOptions
+    from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
+    from ddcore.prune.core import PruneConfig
+
+    assert CODE_CLAMP_RADIUS == 10.0
+    assert inspect.signature(expmap0).parameters["clamp_radius"].default == CODE_CLAMP_RADIUS
+    assert HDDOptions().clamp_radius == PruneConfig().clamp_radius == CODE_CLAMP_RADIUS

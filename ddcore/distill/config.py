@@ -8,19 +8,20 @@ from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
+from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
 from ddcore.nets.registry import check_network_name, uses_batch_norm
 
 
 class HDDOptions(StageConfig):
     """HDD (methods.md §3): curvature parameter k (K = -1/k), loss scale λ, expmap0 radius clamp.
 
-    ``clamp_radius = 10`` is code-faithful (the released code's vendored geoopt); ``None`` is the
-    theory-faithful, unclamped map.
+    ``clamp_radius = 10`` (:data:`~ddcore.geometry.lorentz.CODE_CLAMP_RADIUS`) is code-faithful (the released
+    code's vendored geoopt); ``None`` is the theory-faithful, unclamped map.
     """
 
     k: float = Field(1.0, gt=0)
     scale: float = Field(20.0, gt=0)
-    clamp_radius: float | None = Field(10.0, gt=0)
+    clamp_radius: float | None = Field(CODE_CLAMP_RADIUS, gt=0)
 
 
 class PoolOptions(StageConfig):

@@ -1,6 +1,18 @@
 """Evaluation of distilled sets: recipes (DM and NCFM protocols), training, DD-Ranking metrics."""
 
-from ddcore.evaluate.metrics import ars, check_fraction, hlr, ior, lrs, summarize
+from ddcore.evaluate.metrics import (
+    PairedScores,
+    accs_by_seed,
+    ars,
+    by_seed,
+    check_fraction,
+    hlr,
+    ior,
+    lrs,
+    paired_scores,
+    stored_ipc,
+    summarize,
+)
 from ddcore.evaluate.protocol import BEST_LABEL, EvalConfig
 from ddcore.evaluate.suite import (
     BaselineComparison,
@@ -18,9 +30,12 @@ __all__ = [
     "EvalConfig",
     "EvalRun",
     "EvalSummary",
+    "PairedScores",
     "TeacherConfig",
     "TeacherError",
+    "accs_by_seed",
     "ars",
+    "by_seed",
     "check_fraction",
     "evaluate_set",
     "evaluate_with_baseline",
@@ -28,8 +43,10 @@ __all__ = [
     "ior",
     "load_teacher",
     "lrs",
+    "paired_scores",
     "random_subset",
     "save_teacher",
+    "stored_ipc",
     "summarize",
     "top1_accuracy",
     "train_and_evaluate",

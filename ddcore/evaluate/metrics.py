@@ -8,12 +8,19 @@
 
 DD-Ranking itself feeds percentages into these formulas, which pushes the "normalised" scores far
 outside [0, 1]; every function here rejects values above 1 so that cannot happen silently.
+
+:func:`paired_scores` is the one place the scores of an evaluated set are computed from its rounds: per
+round, rounds paired by network seed, reported as mean and std over rounds. It is used by the report stage,
+:func:`ddcore.evaluate.suite.evaluate_with_baseline`, the direct path and the quality benchmark.
+:func:`stored_ipc` is the storage-budget rule that sizes the random baseline.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ddcore.errors import ConfigError
 
@@ -78,3 +85,126 @@ def ars(
     check_fraction(weight, "ars weight")
     beta = weight * ior(acc_syn_aug, acc_random_aug) + (1.0 - weight) * ior(acc_syn_noaug, acc_random_noaug)
     return _squash(beta)
+
+
+def _rounds_error(name: str, n_accs: int, seeds: list[int]) -> ConfigError:
+    return ConfigError(f"{name} has {n_accs} accuracies but network seeds {seeds}; evaluate it again "
+                       "(one round per seed)")
+
+
+def by_seed(seeds: Sequence[int], accs: Sequence[float], name: str) -> dict[int, float]:
+    """``{network seed: accuracy}`` from parallel lists of rounds (one round per seed).
+
+    Raises:
+        ConfigError: the lists differ in length or a seed repeats (``name`` names the evaluation).
+    """
+    seed_list = [int(s) for s in seeds]
+    if len(seed_list) != len(accs) or len(set(seed_list)) != len(seed_list):
+        raise _rounds_error(name, len(accs), seed_list)
+    return {s: float(a) for s, a in zip(seed_list, accs, strict=True)}
+
+
+def accs_by_seed(results: Mapping[str, Any], name: str) -> dict[int, float]:
+    """Round accuracies of one evaluation ``results.json`` (``rounds`` of ``{acc, seed}``, ``accs``) keyed by
+    network seed.
+
+    Raises:
+        ConfigError: the rounds do not match ``accs`` or a seed repeats (``name`` names the evaluation).
+    """
+    rounds = results.get("rounds") or []
+    if len(rounds) != len(results["accs"]):
+        raise _rounds_error(name, len(results["accs"]), [int(r["seed"]) for r in rounds])
+    return by_seed([r["seed"] for r in rounds], [r["acc"] for r in rounds], name)
+
+
+def _paired(a: Mapping[int, float], a_name: str, b: Mapping[int, float], b_name: str) -> list[tuple[float, float]]:
+    """``(a, b)`` accuracy pairs of the same network seed, seeds ascending; a seed on one side only is an error."""
+    if set(a) != set(b):
+        raise ConfigError(f"{a_name} has rounds with network seeds {sorted(a)} but {b_name} has {sorted(b)}; "
+                          "evaluate both under the same evaluation.seed and num_eval")
+    return [(a[s], b[s]) for s in sorted(a)]
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """DD-Ranking scores of one evaluated set, per round paired by network seed, as mean and std over rounds.
+
+    ``seeds`` are the network seeds of the rounds, ascending; the ``*_rounds`` tuples are in that order.
+    IOR and the random mean/std are ``None`` without a baseline, HLR without hard-label accuracies and a
+    full-data accuracy, LRS without both. Stds are population stds (:func:`summarize`). Fractions throughout.
+    """
+
+    seeds: tuple[int, ...]
+    random_mean: float | None = None
+    random_std: float | None = None
+    ior: float | None = None
+    ior_std: float | None = None
+    ior_rounds: tuple[float, ...] | None = None
+    hlr: float | None = None
+    hlr_std: float | None = None
+    hlr_rounds: tuple[float, ...] | None = None
+    lrs: float | None = None
+    lrs_std: float | None = None
+    lrs_rounds: tuple[float, ...] | None = None
+
+
+def paired_scores(
+    syn: Mapping[int, float],
+    *,
+    baseline: Mapping[int, float] | None = None,
+    hard: Mapping[int, float] | None = None,
+    full_data_acc: float | None = None,
+    lrs_weight: float = 0.5,
+    names: tuple[str, str, str] = ("synthetic set", "random baseline", "hard-label evaluation"),
+) -> PairedScores:
+    """IOR/HLR/LRS of a set from its rounds, each round paired with the rounds of the same network seed.
+
+    Per seed s: IOR_s = syn[s] − baseline[s]; HLR_s = ``full_data_acc`` − hard[s]; LRS_s from IOR_s and HLR_s
+    with weight ``lrs_weight``. Each is reported as mean and std over seeds, with the baseline's mean and std.
+
+    Args:
+        syn: accuracies of the set under its own recipe, keyed by network seed.
+        baseline: accuracies of the random real subset at the same storage budget (:func:`stored_ipc`) and
+            recipe, keyed by network seed; ``None``: no IOR (and no LRS).
+        hard: the same set's accuracies under hard labels, keyed by network seed (``syn`` itself for a
+            hard-label evaluation); ``None`` or ``full_data_acc`` ``None``: no HLR (and no LRS).
+        full_data_acc: accuracy of the same recipe trained on the full real data.
+        lrs_weight: w of LRS (DD-Ranking's ``lrs_lambda``).
+        names: how errors name ``syn``, ``baseline`` and ``hard``.
+
+    Raises:
+        ConfigError: a seed on one side of a pairing only (one line naming both seed lists and the fix), or
+            an accuracy, ``full_data_acc`` or ``lrs_weight`` that is not a fraction.
+    """
+    syn_name, base_name, hard_name = names
+    seeds = tuple(sorted(syn))
+    random_mean = random_std = ior_mean = ior_std = hlr_mean = hlr_std = lrs_mean = lrs_std = None
+    iors = hlrs = lrss = None
+    if baseline is not None:
+        iors = tuple(ior(a, b) for a, b in _paired(syn, syn_name, baseline, base_name))
+        random_mean, random_std = summarize(list(baseline.values()))
+        ior_mean, ior_std = summarize(iors)
+    if hard is not None and full_data_acc is not None:
+        hlrs = tuple(hlr(full_data_acc, h) for _, h in _paired(syn, syn_name, hard, hard_name))
+        hlr_mean, hlr_std = summarize(hlrs)
+        if iors is not None:
+            lrss = tuple(lrs(i, h, weight=lrs_weight) for i, h in zip(iors, hlrs, strict=True))
+            lrs_mean, lrs_std = summarize(lrss)
+    return PairedScores(seeds=seeds, random_mean=random_mean, random_std=random_std, ior=ior_mean, ior_std=ior_std,
+                        ior_rounds=iors, hlr=hlr_mean, hlr_std=hlr_std, hlr_rounds=hlrs, lrs=lrs_mean,
+                        lrs_std=lrs_std, lrs_rounds=lrss)
+
+
+def stored_ipc(extra: Mapping[str, Any], per_class: int) -> int:
+    """Stored images per class of a synthetic set, from its manifest ``extra`` and the ``per_class`` images it
+    trains on: the storage budget its random baseline gets (DD-Ranking compares at the same storage budget, so
+    the baseline IPC equals the stored images per class, not the training images they decode into).
+
+    - An NCFM set with ``factor`` > 1 (``extra`` holds ``factor`` and ``stored_ipc``) stores ``stored_ipc``
+      mosaics per class that decode into ``per_class`` = factor²·``stored_ipc`` training images: ``stored_ipc``.
+    - A pruned set (``extra`` holds ``pruned_from``) keeps decoded crops, each stored as it is: ``per_class``.
+    - Any other set stores what it trains on: ``per_class``.
+    """
+    if int(extra.get("factor", 1)) > 1 and "stored_ipc" in extra and "pruned_from" not in extra:
+        return int(extra["stored_ipc"])
+    return per_class

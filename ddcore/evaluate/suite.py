@@ -43,8 +43,9 @@ class EvalSummary:
 class BaselineComparison:
     """Synthetic vs random-subset accuracies under one recipe, and the DD-Ranking scores (fractions).
 
-    ``*_per_round`` lists are paired by round i (same training seed); ``hlr``/``lrs`` are ``None``
-    unless a full-data accuracy was given. Means and stds are over rounds.
+    Rounds are paired by network seed (round i of both sets trains from ``config.seed + i``), scores computed
+    by :func:`ddcore.evaluate.metrics.paired_scores`; ``ior_per_round`` is in round order; ``hlr``/``lrs`` are
+    ``None`` unless a full-data accuracy was given. Means and stds are over rounds.
     """
 
     synthetic: EvalSummary
@@ -189,16 +190,15 @@ def evaluate_with_baseline(
         if on_run is not None:
             on_run(run)
     rdm = _summary(rdm_runs, config)
-    iors = [metrics.ior(a, b) for a, b in zip(syn.accs, rdm.accs, strict=True)]
-    out = BaselineComparison(synthetic=syn, random=rdm, random_seeds=random_seeds,
-                             ior=metrics.summarize(iors)[0], ior_std=metrics.summarize(iors)[1],
-                             ior_per_round=iors, full_data_acc=full, lrs_weight=lrs_weight)
-    if full is not None:
-        hlrs = [metrics.hlr(full, a) for a in syn.accs]
-        lrss = [metrics.lrs(i, h, weight=lrs_weight) for i, h in zip(iors, hlrs, strict=True)]
-        out.hlr, out.hlr_std = metrics.summarize(hlrs)
-        out.lrs, out.lrs_std = metrics.summarize(lrss)
-    return out
+    syn_accs = metrics.by_seed(syn.seeds, syn.accs, "the synthetic set")
+    scores = metrics.paired_scores(syn_accs, baseline=metrics.by_seed(rdm.seeds, rdm.accs, "the random subsets"),
+                                   hard=syn_accs if full is not None else None, full_data_acc=full,
+                                   lrs_weight=lrs_weight)
+    assert scores.ior is not None and scores.ior_std is not None and scores.ior_rounds is not None  # has a baseline
+    return BaselineComparison(synthetic=syn, random=rdm, random_seeds=random_seeds, ior=scores.ior,
+                              ior_std=scores.ior_std, ior_per_round=list(scores.ior_rounds), full_data_acc=full,
+                              hlr=scores.hlr, hlr_std=scores.hlr_std, lrs=scores.lrs, lrs_std=scores.lrs_std,
+                              lrs_weight=lrs_weight)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-4) -> bool:

@@ -19,6 +19,11 @@ from geoopt.manifolds.lorentz import math as lmath
 
 _F64 = torch.float64
 
+CODE_CLAMP_RADIUS = 10.0
+"""The released HDD code's cap on the geodesic radius ``r`` of :func:`expmap0` (its vendored geoopt clamps
+``r`` at 10): the code-faithful default of every ``clamp_radius`` (``expmap0``, ``HDDOptions``,
+``PruneConfig``); ``None`` there is upstream geoopt's unclamped, theory-faithful map."""
+
 
 def manifold(k: float, *, device: torch.device | str | None = None) -> Lorentz:
     """geoopt ``Lorentz`` manifold whose ``k`` is a float64 tensor on ``device``.
@@ -55,13 +60,14 @@ def lorentz_inner(u: torch.Tensor, v: torch.Tensor, *, keepdim: bool = False) ->
     return lmath.inner(u.to(_F64), v.to(_F64), keepdim=keepdim, dim=-1)
 
 
-def expmap0(v: torch.Tensor, *, k: float, clamp_radius: float | None = 10.0) -> torch.Tensor:
+def expmap0(v: torch.Tensor, *, k: float, clamp_radius: float | None = CODE_CLAMP_RADIUS) -> torch.Tensor:
     """Exponential map at the origin followed by ``projx``.
 
     For ``v = (0, f)`` the result is ``x = (sqrt(k) cosh r, sqrt(k) sinh r * f/|f|)`` with
     ``r = |f|/sqrt(k)`` (upstream geoopt, ``clamp_radius=None``) or ``r = min(|f|/sqrt(k), clamp_radius)``
-    (code-faithful to the HDD release, whose vendored geoopt caps ``r`` at 10). The point's geodesic
-    distance from the origin is ``sqrt(k) * r``. ``projx`` then recomputes ``x_0 = sqrt(k + |x_{1:}|^2)``.
+    (code-faithful to the HDD release, whose vendored geoopt caps ``r`` at :data:`CODE_CLAMP_RADIUS` = 10).
+    The point's geodesic distance from the origin is ``sqrt(k) * r``. ``projx`` then recomputes
+    ``x_0 = sqrt(k + |x_{1:}|^2)``.
 
     The clamp is applied by shrinking ``v`` to norm ``clamp_radius * sqrt(k)`` before geoopt's
     ``expmap0``; this is the same function as clamping ``r`` (and so has the same gradient).

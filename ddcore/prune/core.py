@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.distill.features import embed_batched
+from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
 from ddcore.nets.registry import build_network, check_network_name
 from ddcore.prune.hyperbolic import prune_by_class
 from ddcore.sampling import RealSampler
@@ -26,14 +27,15 @@ class PruneConfig(StageConfig):
 
     ``reference = origin`` needs ``clamp_radius: null``: with the clamp every feature whose norm
     exceeds the radius lands at the same distance from the origin, and the ranking falls back to
-    dataset order, so that combination is refused. ``centroid`` is the default.
+    dataset order, so that combination is refused. ``centroid`` is the default. The ``clamp_radius`` default is
+    the HDD code's :data:`~ddcore.geometry.lorentz.CODE_CLAMP_RADIUS`, as for distillation (``HDDOptions``).
     """
 
     fraction: float = Field(0.2, gt=0, le=1)
     reference: Literal["centroid", "origin"] = "centroid"
     order: Literal["closest", "farthest"] = "closest"
     k: float = Field(1.0, gt=0)
-    clamp_radius: float | None = Field(10.0, gt=0)
+    clamp_radius: float | None = Field(CODE_CLAMP_RADIUS, gt=0)
     network: str = "convnet"
     width: int = 128
     depth: int | None = None

@@ -57,7 +57,8 @@ def hyperbolic_scores(
 
     Args:
         features: ``[N, D]`` embeddings of one class (any float dtype; no gradient is kept).
-        k: manifold parameter; clamp_radius: ``expmap0`` cap (10 code-faithful, ``None`` upstream).
+        k: manifold parameter; clamp_radius: ``expmap0`` cap
+            (``CODE_CLAMP_RADIUS`` = 10 code-faithful, ``None`` upstream).
         reference: ``"centroid"`` (Lorentz centroid of these samples) or ``"origin"`` (computed in
             closed form: the geodesic radius of ``expmap0((0, f))`` is ``min(|f|, clamp_radius*sqrt(k))``).
     Returns:
