@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from ddcore.config import apply_overrides, load_yaml
 from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
-from flows.config import RunConfig
+from flows.config import RunConfig, load_config
 from flows.plan import INGEST, REPORT, Node, build_plan
 from flows.runners import assign_devices
 from tasks import get_stage
@@ -43,10 +42,7 @@ from tasks.runtime.store import DATASET_FILE, stage_key, tree_digest
 log = logging.getLogger("ddflow.direct")
 
 
-def resolve_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """What ``flows.distill.load_config`` returns, without importing prefect (same digest)."""
-    data = apply_overrides(load_yaml(config_path), overrides or [])
-    return RunConfig.from_mapping(data, where=str(config_path))
+resolve_config = load_config  # the config as ``ddflow run`` reads it (flows.config imports no Prefect)
 
 
 def output_digest(uri: str) -> str:

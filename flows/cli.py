@@ -212,7 +212,7 @@ def run(
 ) -> None:
     """Run the pipeline described by CONFIG (cached stages are not recomputed)."""
     try:
-        from flows.distill import load_config
+        from flows.config import load_config
 
         cfg = load_config(str(config), overrides or [])
         _prefect_env()
@@ -229,6 +229,50 @@ def run(
 
 
 @app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML config.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
+    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Show STAGE (and what depends on it) as forced.")]
+    = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | mermaid | json")] = "table",
+) -> None:
+    """Show the run plan of CONFIG: every stage node and whether it is cached, to compute or forced (runs nothing)."""
+    try:
+        from ddcore.errors import ConfigError
+        from flows.config import load_config
+        from flows.orchestration import default_root
+        from flows.plan_view import counts, node_states, plan_for_store, to_json, to_mermaid
+        from tasks.runtime.store import ArtifactStore
+
+        if fmt not in ("table", "mermaid", "json"):
+            raise ConfigError(f"--format: unknown format {fmt!r}; choose table, mermaid or json")
+        cfg = load_config(str(config), overrides or [])
+        store = ArtifactStore(default_root(root))
+        the_plan = plan_for_store(cfg, store)
+        states = node_states(the_plan, store, force or [])
+    except DDFlowError as exc:
+        fail(exc)
+    if fmt == "mermaid":
+        print(to_mermaid(states))
+        return
+    if fmt == "json":
+        print(to_json(the_plan, states))
+        return
+    colour = {"cached": "green", "to compute": "yellow", "forced": "red"}
+    table = Table(title=f"plan {the_plan.name}  (config {cfg.digest()[:12]}, root {store.root})")
+    for col in ("node", "stage", "state", "key", "inputs"):
+        table.add_column(col)
+    for n in states:
+        table.add_row(n.id, n.stage, f"[{colour[n.state]}]{n.state}[/]", n.key or "-",
+                      ", ".join(dict.fromkeys(n.inputs)))
+    console.print(table)
+    c = counts(states)
+    console.print(f"{len(states)} nodes: {c['cached']} cached, {c['to compute']} to compute, {c['forced']} forced; "
+                  f"{len(the_plan.rows)} report rows")
+
+
+@app.command()
 def evaluate(
     synthetic: Annotated[str, typer.Argument(help="Synthetic-set artifact folder to evaluate.")],
     data: Annotated[str, typer.Option("--data", help="Dataset artifact with the real test split.")],
@@ -239,7 +283,7 @@ def evaluate(
 ) -> None:
     """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
     try:
-        from flows.distill import load_config
+        from flows.config import load_config
 
         load_config(str(config), overrides or [])
         _prefect_env()

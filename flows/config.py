@@ -129,3 +129,11 @@ class RunConfig(StageConfig):
         data = section.model_dump()
         data.pop("methods", None)
         return PruneConfig.model_validate(data)
+
+
+def load_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override (``--set key=value``) and validate a pipeline config (one error line on a bad key)."""
+    from ddcore.config import apply_overrides, load_yaml
+
+    data = apply_overrides(load_yaml(config_path), overrides or [])
+    return RunConfig.from_mapping(data, where=str(config_path))

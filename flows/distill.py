@@ -14,10 +14,9 @@ from typing import Any
 
 from prefect import flow
 
-from ddcore.config import apply_overrides, load_yaml
 from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
-from flows.config import RunConfig
+from flows.config import RunConfig, load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_plan, expand_force
@@ -26,12 +25,6 @@ from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
-
-
-def load_config(config_path: str, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a pipeline config (one error line on a bad key)."""
-    data = apply_overrides(load_yaml(config_path), overrides or [])
-    return RunConfig.from_mapping(data, where=str(config_path))
 
 
 def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from prefect import flow
 
 from ddcore.data import open_artifact
 from ddcore.evaluate.metrics import stored_ipc
-from flows.distill import load_config
+from flows.config import load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_evaluate_plan, expand_force
