@@ -5,9 +5,9 @@ Three measurements on one config (``--set`` overrides go to both paths):
 (a) ``flow``: an uncached ``ddflow run CONFIG --root <fresh root>`` as a subprocess, so interpreter
     start, imports, Prefect's temporary API server, MLflow tracking and the artifact store all count
     (wall seconds; also the flow's own ``seconds`` from ``<root>/runs/<name>/summary.json``);
-(b) ``direct``: :mod:`benchmarks.direct_pipeline` in a fresh interpreter: the stage bodies of
-    ``tasks/*.py`` on the configs :class:`flows.config.RunConfig` resolves, without Prefect, MLflow or
-    the store (wall seconds, and the seconds inside ``run_direct``);
+(b) ``direct``: :mod:`benchmarks.direct_pipeline` in a fresh interpreter: the same run plan, each node's
+    stage function called directly, without Prefect, MLflow or the store (wall seconds, and the seconds
+    inside ``run_direct``);
 (c) ``cached``: (a) again on the same root: every stage must report ``cached``.
 
 overhead = (a) - (b), in seconds and as % of (a) (the issue's target: <= 10 % of an uncached demo
@@ -200,8 +200,7 @@ def print_report(res: dict[str, Any]) -> None:
         print(f"overhead (a)-(b): {res['overhead_s']:.2f} s = {res['overhead_pct']:.1f}% of (a) "
               f"({verdict} the {TARGET_PCT:.0f}% target); inside the runs: {res['in_run_overhead_s']:.2f} s")
         print(f"flow outside its run (interpreter, imports, Prefect server start/stop): {flow['outside_run_s']:.2f} s; "
-              f"direct: {direct['wall_s'] - direct['seconds']:.2f} s; direct time loading test split/sets per round: "
-              f"{direct['load_seconds']:.2f} s")
+              f"direct: {direct['wall_s'] - direct['seconds']:.2f} s")
         fk, dk = by_kind(flow["stages"]), by_kind(direct["stages"])
         print(f"\n{'stage':<18} {'flow s':>9} {'direct s':>9} {'diff s':>8}")
         for kind in [k for k in fk if k in dk] + [k for k in dk if k not in fk] + [k for k in fk if k not in dk]:
