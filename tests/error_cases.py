@@ -294,6 +294,7 @@ CASES: dict[str, CaseFn] = {
     "config-run-name": lambda t, f: Case(args=["run", run_config(t, f), "--set", "name=../x"]),
     "config-force": lambda t, f: Case(args=["run", run_config(t, f), "--root", str(t / "root"), "--force", "distil"],
                                       flow=True),
+    "plan-format": lambda t, f: Case(args=["plan", run_config(t, f), "--root", str(t / "root"), "--format", "dot"]),
     # data
     "data-source-missing": lambda t, f: Case(args=["ingest", str(t / "nope"), "--out", str(t / "out")]),
     "data-source-unknown": lambda t, f: (t / "x.bin").write_bytes(b"?") and Case(
