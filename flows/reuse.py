@@ -1,4 +1,4 @@
-"""Smaller flows for reuse: ``ingest_flow`` (just the dataset) and ``evaluate_flow`` (any set).
+"""``evaluate_flow`` (``ddflow evaluate``): any synthetic set evaluated beside its random baseline.
 
 ``evaluate_flow`` evaluates an existing synthetic-set artifact (made by ddflow, or by another tool and
 ingested) against a dataset artifact under a config's evaluation recipe, with the random-subset
@@ -18,7 +18,6 @@ from flows.config import load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_evaluate_plan, expand_force
-from tasks.ingest import INGEST as INGEST_STAGE
 from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
@@ -29,16 +28,6 @@ def external_ref(uri: str, kind: str) -> ArtifactRef:
     """A reference to a dataset artifact that no stage of this store produced (verified on open)."""
     art = open_artifact(uri)
     return ArtifactRef(uri=art.uri, sha256=art.digest, stage="external", key=art.digest[:20], kind=kind)  # type: ignore[arg-type]
-
-
-@flow(name="ddflow-ingest", log_prints=True)
-def ingest_flow(config_path: str, overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
-    """Ingest the config's data source into the store (cached like the full flow's first stage)."""
-    cfg = load_config(config_path, overrides)
-    store = ArtifactStore(default_root(root))
-    with PipelineRun(store, run_name=f"{cfg.name}-ingest", stages=("ingest",)) as run:
-        ref = run.run(INGEST_STAGE, cfg.data)
-    return ref.model_dump()
 
 
 @flow(name="ddflow-evaluate", log_prints=True)
