@@ -264,8 +264,9 @@ def plan(
     for col in ("node", "stage", "state", "key", "inputs"):
         table.add_column(col)
     for n in states:
-        table.add_row(n.id, n.stage, f"[{colour[n.state]}]{n.state}[/]", n.key or "-",
-                      ", ".join(dict.fromkeys(n.inputs)))
+        srcs = list(dict.fromkeys(n.inputs))
+        shown = ", ".join(srcs) if len(srcs) <= 3 else f"{', '.join(srcs[:2])}, ... ({len(srcs)} inputs)"
+        table.add_row(n.id, n.stage, f"[{colour[n.state]}]{n.state}[/]", n.key or "-", shown)
     console.print(table)
     c = counts(states)
     console.print(f"{len(states)} nodes: {c['cached']} cached, {c['to compute']} to compute, {c['forced']} forced; "
