@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -19,7 +20,7 @@ from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
 from ddcore.distill.ncfm import NCFMStep
-from ddcore.distill.pool import FeaturePool, train_pool
+from ddcore.distill.pool import FeaturePool
 from ddcore.errors import DistillationError
 from ddcore.sampling import RealSampler
 from ddcore.synthetic import SyntheticSet
@@ -27,29 +28,33 @@ from ddcore.synthetic import SyntheticSet
 _LOG = logging.getLogger(__name__)
 
 LogFn = Callable[[int, dict[str, float]], None]
-POOL_FILE = "pool.pt"
 
 
-def _optimizer(cfg: DistillConfig, syn: torch.Tensor) -> torch.optim.Optimizer:
-    if cfg.method == "ncfm":
-        return torch.optim.AdamW([syn], lr=cfg.lr_img, weight_decay=cfg.ncfm.weight_decay)
-    return torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+class DistillStep(Protocol):
+    """What the loop drives: one method's optimisation step and what surrounds it.
+
+    ``build`` makes the step (with whatever it needs besides the sampler, e.g. NCFM's pretrained pool);
+    ``initial`` maps the initial normalised images to the space the method optimises; ``optimizer`` makes
+    the image optimiser; ``__call__`` runs one iteration and returns its metrics (``loss`` at least);
+    ``finalize`` turns the optimised tensor into the stored images, labels and extra manifest fields;
+    ``seeds`` names the seeds the set records; ``state`` / ``load_state`` carry what a checkpoint keeps.
+    """
+
+    @classmethod
+    def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None = None,
+              pool: FeaturePool | None = None) -> DistillStep: ...
+    def initial(self, images: torch.Tensor) -> torch.Tensor: ...
+    def optimizer(self, syn: torch.Tensor) -> torch.optim.Optimizer: ...
+    def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 rng: IterationRng) -> dict[str, float]: ...
+    def finalize(self, syn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]: ...
+    def seeds(self) -> dict[str, int]: ...
+    def state(self) -> dict: ...
+    def load_state(self, state: dict) -> None: ...
 
 
-def _pool(sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None,
-          pool: FeaturePool | None) -> FeaturePool | None:
-    o = cfg.ncfm.pool
-    if cfg.method != "ncfm" or o.num_models == 0 or pool is not None:
-        return pool
-    cached = checkpoint_dir / POOL_FILE if checkpoint_dir else None
-    if cached is not None and cached.is_file():
-        return FeaturePool.load(cached)
-    made = train_pool(sampler, num_models=o.num_models, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
-                      seed=o.seed, network=cfg.network, width=cfg.width, depth=cfg.depth, device=device)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        made.save(cached)
-    return made
+#: The step class of each gradient-based method (``DistillConfig.method``).
+STEPS: dict[str, type[DistillStep]] = {"dm": MatchingStep, "hdd": MatchingStep, "ncfm": NCFMStep}  # type: ignore[dict-item]
 
 
 def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.device = "cpu",
@@ -76,16 +81,9 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     classes = distilled_classes(cfg, sampler.num_classes)
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.ipc)
     images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, seed=cfg.seed, classes=classes)
-    pool = _pool(sampler, cfg, dev, ckdir, pool)
-    if cfg.method == "ncfm":
-        step: MatchingStep | NCFMStep = NCFMStep(sampler, cfg, dev, pool)
-        m = torch.tensor(sampler.mean).view(1, -1, 1, 1)
-        s = torch.tensor(sampler.std).view(1, -1, 1, 1)
-        images = (images * s + m).clamp(0, 1)
-    else:
-        step = MatchingStep(sampler, cfg, dev)
-    syn = images.to(dev).requires_grad_(True)
-    opt = _optimizer(cfg, syn)
+    step = STEPS[cfg.method].build(sampler, cfg, dev, ckdir, pool)
+    syn = step.initial(images).to(dev).requires_grad_(True)
+    opt = step.optimizer(syn)
     start, history = 0, []
     state = load_checkpoint(ckdir)
     if state is not None and state.get("config_digest") != cfg.digest():
@@ -122,21 +120,9 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     return _result(sampler, cfg, step, syn.detach().cpu(), labels, history)
 
 
-def _result(sampler: RealSampler, cfg: DistillConfig, step: MatchingStep | NCFMStep, syn: torch.Tensor,
-            labels: torch.Tensor, history: list) -> SyntheticSet:
-    extra: dict = {"loss_history": history}
-    if isinstance(step, NCFMStep):
-        step_cpu = step.normalise(syn.to(step.mean.device)).cpu()
-        if cfg.ncfm.factor > 1:
-            from ddcore.distill.init import decode_factor
-
-            images, labels = decode_factor(step_cpu, labels, cfg.ncfm.factor)
-            extra.update(factor=cfg.ncfm.factor, stored_ipc=cfg.ipc)
-        else:
-            images = step_cpu
-    else:
-        images = syn
+def _result(sampler: RealSampler, cfg: DistillConfig, step: DistillStep, syn: torch.Tensor, labels: torch.Tensor,
+            history: list) -> SyntheticSet:
+    images, labels, extra = step.finalize(syn, labels)
     return SyntheticSet(images=images.contiguous(), labels=labels, mean=tuple(sampler.mean), std=tuple(sampler.std),
                         num_classes=sampler.num_classes, method=cfg.method, config=cfg.model_dump(mode="json"),
-                        seeds={"distill": cfg.seed, "pool": cfg.ncfm.pool.seed} if cfg.method == "ncfm"
-                        else {"distill": cfg.seed}, extra=extra)
+                        seeds=step.seeds(), extra={"loss_history": history, **extra})

@@ -10,6 +10,7 @@ same gradients. One image-optimiser step follows.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,6 +64,28 @@ class MatchingStep:
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.loss_fn = feature_loss(cfg)
+
+    @classmethod
+    def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
+              checkpoint_dir: Path | None = None, pool: object = None) -> MatchingStep:
+        """The step of a DM/HDD run (no pool, nothing to restore from ``checkpoint_dir``)."""
+        del checkpoint_dir, pool
+        return cls(sampler, cfg, device)
+
+    def optimizer(self, syn: torch.Tensor) -> torch.optim.Optimizer:
+        """SGD with momentum on the normalised images (the DM/HDD reference optimiser)."""
+        return torch.optim.SGD([syn], lr=self.cfg.lr_img, momentum=self.cfg.momentum)
+
+    def initial(self, images: torch.Tensor) -> torch.Tensor:
+        """DM/HDD optimise the initial images as they are (normalised space)."""
+        return images
+
+    def finalize(self, syn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The stored set: the optimised images and labels as they are, no extra manifest fields."""
+        return syn, labels, {}
+
+    def seeds(self) -> dict[str, int]:
+        return {"distill": self.cfg.seed}
 
     def state(self) -> dict:
         return {}

@@ -19,6 +19,7 @@ reference draws per loss call, i.e. per class); no ReduceLROnPlateau on the imag
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
 from ddcore.distill.matching import class_chunks
-from ddcore.distill.pool import FeaturePool
+from ddcore.distill.pool import FeaturePool, train_pool
 from ddcore.distill.sampling_net import FrequencySampler, build_psi_optimizer, gaussian_frequencies, psi_step
 from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import build_network, reinit_
@@ -65,6 +66,35 @@ class NCFMStep:
                                         group=o.sampler_group, seed=cfg.seed).to(device)
             self.psi_opt = build_psi_optimizer(self.psi, lr=o.psi_lr, momentum=o.psi_momentum)
         self.families = parse_strategy(IDC_STRATEGY)
+
+    @classmethod
+    def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
+              checkpoint_dir: Path | None = None, pool: FeaturePool | None = None) -> NCFMStep:
+        """The step of an NCFM run, with its pretrained pool when ``ncfm.pool.num_models > 0``: ``pool`` when
+        given, else the one saved in ``checkpoint_dir`` by an earlier attempt, else trained now (and saved there)."""
+        return cls(sampler, cfg, device, _pool(sampler, cfg, device, checkpoint_dir, pool))
+
+    def optimizer(self, syn: torch.Tensor) -> torch.optim.Optimizer:
+        """AdamW on the pixel-space images (the NCFM reference optimiser)."""
+        return torch.optim.AdamW([syn], lr=self.cfg.lr_img, weight_decay=self.cfg.ncfm.weight_decay)
+
+    def initial(self, images: torch.Tensor) -> torch.Tensor:
+        """NCFM optimises pixels in ``[0, 1]``: the normalised initial images mapped back and clamped."""
+        m = torch.tensor(self.sampler.mean).view(1, -1, 1, 1)
+        s = torch.tensor(self.sampler.std).view(1, -1, 1, 1)
+        return (images * s + m).clamp(0, 1)
+
+    def finalize(self, syn: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The stored set in normalised space; with ``factor`` 2 the mosaics decoded into four images each
+        (``extra`` records ``factor`` and the ``stored_ipc`` of mosaics)."""
+        images = self.normalise(syn.to(self.mean.device)).cpu()
+        if self.cfg.ncfm.factor == 1:
+            return images, labels, {}
+        images, labels = decode_factor(images, labels, self.cfg.ncfm.factor)
+        return images, labels, {"factor": self.cfg.ncfm.factor, "stored_ipc": self.cfg.ipc}
+
+    def seeds(self) -> dict[str, int]:
+        return {"distill": self.cfg.seed, "pool": self.cfg.ncfm.pool.seed}
 
     def state(self) -> dict:
         if self.psi is None:
@@ -162,3 +192,22 @@ class NCFMStep:
         ce.backward()
         optimizer.step()
         return float(ce.detach())
+
+
+POOL_FILE = "pool.pt"
+
+
+def _pool(sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None,
+          pool: FeaturePool | None) -> FeaturePool | None:
+    o = cfg.ncfm.pool
+    if o.num_models == 0 or pool is not None:
+        return pool
+    cached = checkpoint_dir / POOL_FILE if checkpoint_dir else None
+    if cached is not None and cached.is_file():
+        return FeaturePool.load(cached)
+    made = train_pool(sampler, num_models=o.num_models, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
+                      seed=o.seed, network=cfg.network, width=cfg.width, depth=cfg.depth, device=device)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        made.save(cached)
+    return made
