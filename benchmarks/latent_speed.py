@@ -1,6 +1,7 @@
 """Latent pipeline speed and quantizer quality on Fashion-MNIST (CPU by default).
 
-Stages, through the same glue the orchestration uses (:mod:`ddcore.latent.stage`):
+Stages, through the same stage bodies the orchestration uses (:mod:`tasks.latents`,
+:func:`ddcore.latent.method.distill_from_latents`):
 
 1. ingest two subsets of Fashion-MNIST (first ``--vae-per-class`` and first ``--per-class`` train images
    per class) into a temporary folder;
@@ -32,10 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from ddcore.data import IngestConfig, ingest
+from ddcore.data import IngestConfig, ingest, open_artifact
 from ddcore.latent.ddoq import DDOQConfig
-from ddcore.latent.stage import ddoq_stage, encode_latents_stage, train_or_load_vae
+from ddcore.latent.method import distill_from_latents
 from ddcore.latent.vae import VAEConfig
+from tasks.latents import encode_latents_stage, train_or_load_vae
 
 #: A small VAE that trains in about a minute on 2 cores (factor 4: 28x28 -> 4x7x7 latents).
 BENCH_VAE = {"block_out_channels": [16, 32, 32], "norm_num_groups": 16, "latent_channels": 4,
@@ -83,12 +85,15 @@ def measure(args: argparse.Namespace) -> dict:
         for ipc in args.ipcs:
             _note(f"DDOQ ipc={ipc}")
             cfg = DDOQConfig(ipc=ipc, seed=0, iters=args.kmeans_iters, batch_size=args.kmeans_batch)
-            m = ddoq_stage(str(d / "data"), d / "lat", d / "vae", cfg, d / f"syn{ipc}", device=device,
-                           w2_max_points=args.w2_max_points)
-            per = json.loads((d / f"syn{ipc}" / "dataset.json").read_text())["extra"]["w2"]["per_class"]
+            t0 = time.perf_counter()
+            made = distill_from_latents(open_artifact(d / "data"), d / "lat", d / "vae", cfg, device=device,
+                                        w2_max_points=args.w2_max_points)
+            m = {"seconds": time.perf_counter() - t0, "w2_reduction": made.extra["w2"]["mean_reduction"],
+                 "empty_cells": made.extra["empty_cells"]}
+            per = made.extra["w2"]["per_class"]
             res["ddoq"].append({
                 "ipc": ipc, "config": cfg.model_dump(mode="json"), "seconds": m["seconds"],
-                "kmeans_seconds_per_class": [m[f"kmeans_seconds_c{c}"] for c in range(10)],
+                "kmeans_seconds_per_class": made.extra["kmeans_seconds"],
                 "w2_weighted": [r["w2_weighted"] for r in per], "w2_uniform": [r["w2_uniform"] for r in per],
                 "reduction": [r["reduction"] for r in per],
                 "reduction_w2sq": [1 - r["w2sq_weighted"] / r["w2sq_uniform"] if r["w2sq_uniform"] else 0.0

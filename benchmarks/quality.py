@@ -75,7 +75,7 @@ class LatentCache:
         cfg = DDOQConfig(ipc=ipc, variant=variant)
         return distill_ddoq(lambda c: iter(self.latents[c].split(1024)), self.vae, cfg,
                             num_classes=self.sampler.num_classes, mean=self.sampler.mean, std=self.sampler.std,
-                            image_size=self.sampler.image_shape[1])
+                            image_size=self.sampler.image_shape[1]).synthetic
 
 
 def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, device: str,

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.data.ingest import IngestConfig
-from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.errors import ConfigError
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.teacher import TeacherConfig
-from ddcore.latent.ddoq import DDOQConfig
 from ddcore.latent.vae import VAEConfig
+from ddcore.methods import get_method
 from ddcore.prune.core import PruneConfig
 from flows.runners import RunnerConfig
 from tasks.configs import EncodeConfig
-
-DISTILL_METHODS = ("dm", "hdd", "ncfm")
-SELECT_METHODS = ("random", "herding")
-LATENT_METHODS = ("ddoq", "d4m")
-METHODS = DISTILL_METHODS + SELECT_METHODS + LATENT_METHODS
 
 
 class CoreSetConfig(PruneConfig):
@@ -75,6 +69,7 @@ class RunConfig(StageConfig):
     ipcs: list[int] = [10]
     data: IngestConfig
     methods: dict[str, dict[str, Any]] = {}
+    """Method name (a key of the registry, :mod:`ddcore.methods`) -> overrides of its typed config."""
     core_set: CoreSetConfig | None = None
     prune: PostPruneConfig | None = None
     soft_labels: SoftLabelConfig | None = None
@@ -86,34 +81,34 @@ class RunConfig(StageConfig):
     full_data_acc: float | None = Field(None, ge=0, le=1)
     runner: RunnerConfig = RunnerConfig()
     tracking: TrackingConfig = TrackingConfig()
+    _typed: dict[tuple[str, int], StageConfig] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_methods(self) -> RunConfig:
         for name in self.methods:
-            if name not in METHODS:
-                raise ConfigError(f"methods: unknown method '{name}'; choose from {', '.join(METHODS)}")
+            get_method(name)
         for ipc in self.ipcs:
             if ipc < 1:
                 raise ConfigError(f"ipcs: IPC must be >= 1, got {ipc}")
-            for name in self.methods:
-                self.method_config(name, ipc)
         for section in (self.core_set, self.prune, self.soft_labels):
             for name in section.methods if section else []:
                 if name not in self.methods:
                     raise ConfigError(f"'{name}' is listed for pruning or soft labels but not under methods; "
                                       "add it there")
+        wanted = [(name, ipc) for ipc in self.ipcs for name in self.methods]
+        if self.prune is not None:
+            wanted += [(name, self.post_prune_ipc(ipc)) for ipc in self.ipcs for name in self.prune.methods]
+        for name, ipc in wanted:  # each method entry validated once per IPC into its typed config
+            self.method_config(name, ipc)
         return self
 
-    def method_config(self, name: str, ipc: int) -> DistillConfig | BaselineConfig | DDOQConfig:
-        """The stage config of method ``name`` at ``ipc`` (top-level seed unless overridden)."""
-        over = dict(self.methods.get(name) or {})
-        over.setdefault("seed", self.seed)
-        where = f"methods.{name}"
-        if name in DISTILL_METHODS:
-            return DistillConfig.from_mapping({"method": name, "ipc": ipc, **over}, where=where)
-        if name in SELECT_METHODS:
-            return BaselineConfig.from_mapping({"method": name, "ipc": ipc, **over}, where=where)
-        return DDOQConfig.from_mapping({"variant": name, "ipc": ipc, **over}, where=where)
+    def method_config(self, name: str, ipc: int) -> StageConfig:
+        """The typed stage config of method ``name`` at ``ipc`` (the top-level seed unless the entry sets one),
+        validated through the method registry (:mod:`ddcore.methods`) once and kept."""
+        if (name, ipc) not in self._typed:
+            self._typed[name, ipc] = get_method(name).config(self.methods.get(name) or {}, ipc=ipc, seed=self.seed,
+                                                             where=f"methods.{name}")
+        return self._typed[name, ipc]
 
     def soft_eval(self) -> EvalConfig:
         """The evaluation recipe of the soft-label rows (``evaluation`` at the section's temperature)."""

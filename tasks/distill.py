@@ -1,10 +1,9 @@
-"""Stage ``distill``: a synthetic set from the real data, for any method.
+"""Stage ``distill``: a synthetic set from the real data, for any registered method.
 
-The config's type selects the method: :class:`~ddcore.distill.config.DistillConfig` (DM, HDD, NCFM),
-:class:`~ddcore.distill.config.BaselineConfig` (random, herding) or
-:class:`~ddcore.latent.ddoq.DDOQConfig` (DDOQ, D4M; needs the ``latents`` and ``vae`` inputs). An
-optional ``features`` input restricts matching to the hyperbolic core set. The loop checkpoints into
-``ctx.checkpoint_dir`` and resumes from it after a crash.
+The config names its method (``ddcore.methods.method_of``); the method's entry point gets the train split
+(restricted to the hyperbolic core set by an optional ``features`` input), the device, a checkpoint folder
+it resumes from after a crash, a progress callback and, for the latent methods, the ``latents`` and ``vae``
+inputs. The stage saves the set with its lineage in the manifest and logs its image grid.
 """
 
 from __future__ import annotations
@@ -16,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddcore.config import StageConfig
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.data.grid import make_grid, png_bytes
 from ddcore.data.synthetic_io import save_synthetic
-from ddcore.distill.baselines import select_baseline
-from ddcore.distill.config import BaselineConfig, DistillConfig
-from ddcore.distill.loop import distill
+from ddcore.methods import MethodInputs, method_of
 from ddcore.synthetic import SyntheticSet
 from tasks.features import load_keep
 from tasks.runtime.refs import ArtifactRef
@@ -46,28 +44,23 @@ def publish_synthetic(sset: SyntheticSet, out: str, art_name: str, classes: list
         ctx.log_artifact(grid, "grids")
 
 
-def distill_stage(inputs: dict[str, ArtifactRef], config: DistillConfig | BaselineConfig, out: str,
-                  ctx: StageContext) -> dict:
+def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
+    method = method_of(config)
     art = open_artifact(inputs["dataset"].uri)
     keep = load_keep(inputs["features"].uri) if "features" in inputs else None
-    sampler = ArtifactSampler(art, "train", keep=keep)
-    if isinstance(config, DistillConfig):
-        sset = distill(sampler, config, device=ctx.device, checkpoint_dir=ctx.local_checkpoint_dir,
-                       log=lambda it, m: ctx.log_metrics(it, m))
-    elif isinstance(config, BaselineConfig):
-        sset = select_baseline(sampler, config, device=ctx.device)
-    else:
-        from tasks.latents import ddoq_from_inputs
-
-        return ddoq_from_inputs(inputs, config, out, ctx, t0)
+    given = {need: inputs[need].uri for need in method.needs}
+    sset = method.run(MethodInputs(ArtifactSampler(art, "train", keep=keep), art, ctx.device, ctx.local_checkpoint_dir,
+                                   lambda it, m: ctx.log_metrics(it, m), **given), config)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
     part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""
-    publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{config.ipc}{part}", art.meta.classes,
-                      {"kind": "distill", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest}, ctx)
-    seconds = time.perf_counter() - t0
+    source = {"kind": "distill", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest,
+              **{f"{need}_digest": inputs[need].sha256 for need in sorted(method.needs)}}
+    publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{config.ipc}{part}", art.meta.classes,  # type: ignore[attr-defined]
+                      source, ctx)
     hist = sset.extra.get("loss_history") or [[0, 0.0]]
-    return {"seconds": seconds, "n_images": int(sset.images.shape[0]), "final_loss": float(hist[-1][1])}
+    return {"seconds": time.perf_counter() - t0, "n_images": int(sset.images.shape[0]),
+            "final_loss": float(hist[-1][1]), **(method.metrics(sset) if method.metrics else {})}
 
 
 DISTILL = make_stage_task("distill", distill_stage, "synthetic", retries=1, tags=("gpu",))

@@ -1,21 +1,143 @@
-"""Stages ``train_vae`` and ``encode_latents``, and the DDOQ/D4M branch of ``distill``.
+"""Stages ``train_vae`` and ``encode_latents`` of the latent pipeline (DDOQ and D4M distil in the ``distill``
+stage through the method registry).
 
-``train_vae`` trains a small diffusers AutoencoderKL on the dataset (or loads a local pretrained
-folder) and saves it with ``save_pretrained``; ``encode_latents`` writes per-sample latents as shards
-keyed like the source manifest, resumable per shard; DDOQ/D4M quantise each class's latents and
-decode the centroids into a weighted synthetic set.
+``train_vae`` trains a small diffusers AutoencoderKL on the dataset (or copies a local pretrained folder) and
+saves it with ``save_pretrained``; ``encode_latents`` writes per-sample latents as shards keyed like the
+source manifest, resumable per shard. :func:`train_or_load_vae` and :func:`encode_latents_stage` are the
+stage bodies on plain paths (the latent benchmark calls them too).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ddcore.latent.ddoq import DDOQConfig
-from ddcore.latent.stage import ddoq_stage, encode_latents_stage, train_or_load_vae
-from ddcore.latent.vae import VAEConfig
+import numpy as np
+import torch
+
+from ddcore.data.artifact import DatasetArtifact
+from ddcore.data.loader import ArtifactSampler
+from ddcore.errors import WeightsError
+from ddcore.latent.folders import check_model_folder, folder_digest, save_folder_atomic
+from ddcore.latent.shards import encode_dataset
+from ddcore.latent.vae import VAEConfig, build_vae, derive_seed, load_pretrained_vae, train_vae
 from tasks.configs import EncodeConfig
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, make_stage_task
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
+TRAINING_RECORD = "training.json"
+EpochLog = Callable[[int, dict[str, float]], None]
+"""``log(epoch, {"loss", "recon", "kl"})`` after each VAE epoch (e.g. ``StageContext.log_metrics``)."""
+
+
+def _training_record(cfg: VAEConfig, dataset_digest: str) -> dict[str, Any]:
+    return {"dataset_digest": dataset_digest, "config_digest": cfg.digest(), "config": cfg.model_dump(mode="json")}
+
+
+def _trained_here(out_dir: Path, record: dict[str, Any]) -> bool:
+    try:
+        found = json.loads((out_dir / TRAINING_RECORD).read_text())
+        check_model_folder(out_dir, class_name="AutoencoderKL")
+    except (OSError, ValueError, WeightsError):
+        return False
+    return all(found.get(k) == record[k] for k in ("dataset_digest", "config_digest"))
+
+
+def train_or_load_vae(
+    dataset_uri: str | Path,
+    cfg: VAEConfig,
+    out_dir: str | Path,
+    *,
+    checkpoint_dir: str | Path | None,
+    device: str | torch.device = "cpu",
+    log: EpochLog | None = None,
+) -> tuple[AutoencoderKL, str]:
+    """Obtain the VAE and leave it in ``out_dir`` (a local diffusers folder); returns ``(vae, digest)``.
+
+    - ``cfg.source='pretrained'``: ``config.json`` and the weights file of ``cfg.pretrained_path`` are
+      copied byte for byte into ``out_dir`` (atomically) and loaded; the digest is
+      :func:`~ddcore.latent.folders.folder_digest` of ``out_dir`` (those two files).
+    - ``cfg.source='train'``: if ``out_dir`` already holds a VAE trained with the same config on the same
+      dataset digest (``training.json``), it is loaded; otherwise a VAE is built for the dataset's image
+      shape and trained on its ``train`` split through :class:`~ddcore.data.loader.ArtifactSampler`
+      (resuming from ``checkpoint_dir``), then saved with ``save_pretrained`` plus ``training.json``
+      (dataset digest, config, loss history) into ``out_dir`` atomically.
+
+    The returned VAE is in eval mode on ``device``.
+    """
+    out = Path(out_dir)
+    if cfg.source == "pretrained":
+        src = Path(str(cfg.pretrained_path)).expanduser()
+        weights = check_model_folder(src, class_name="AutoencoderKL")
+        if src.resolve() != out.resolve():
+            def copy(tmp: Path) -> None:
+                for f in (src / "config.json", weights):
+                    shutil.copyfile(f, tmp / f.name)
+
+            save_folder_atomic(out, copy)
+        vae = load_pretrained_vae(out)
+        return vae.to(device).eval(), folder_digest(out)
+    art = DatasetArtifact.open(dataset_uri)
+    record = _training_record(cfg, art.digest)
+    if _trained_here(out, record):
+        return load_pretrained_vae(out).to(device).eval(), folder_digest(out)
+    c, h, w = art.meta.image_shape
+    vae = build_vae(cfg, c, (h, w)).to(device)
+    stats = train_vae(vae, ArtifactSampler(art, "train", keep=_subset(art, cfg)), cfg, checkpoint_dir=checkpoint_dir,
+                      progress=log)
+    record["history"] = {"loss": stats.epoch_loss, "recon": stats.epoch_recon, "kl": stats.epoch_kl}
+    record["seeds"] = stats.seeds
+
+    def write(tmp: Path) -> None:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+
+    digest = save_folder_atomic(out, write)
+    return vae.eval(), digest
+
+
+def encode_latents_stage(
+    dataset_uri: str | Path,
+    vae_dir: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 256,
+    dtype: str = "float16",
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    split: str = "train",
+    shard_size: int = 5000,
+) -> dict[str, Any]:
+    """Encode ``split`` of the dataset with the VAE folder ``vae_dir`` into a latent artifact at ``out``
+    (resumable per shard from ``checkpoint_dir``, see :func:`~ddcore.latent.shards.encode_dataset`).
+
+    Returns ``{"n", "encoded", "reused_shards", "seconds", "latents_per_s", "digest", "dtype"}``;
+    ``latents_per_s`` counts only the latents encoded by this call.
+    """
+    art = DatasetArtifact.open(dataset_uri)
+    vae = load_pretrained_vae(vae_dir).to(device).eval()
+    meta = encode_dataset(art, vae, out, split=split, batch_size=batch_size, dtype=dtype, shard_size=shard_size,
+                          work_dir=checkpoint_dir, vae_digest=folder_digest(vae_dir), overwrite=True)
+    secs = float(meta.run["seconds"])
+    enc = int(meta.run["encoded"])
+    return {"n": int(meta.counts["total"]), "encoded": enc, "reused_shards": int(meta.run["reused_shards"]),
+            "seconds": secs, "latents_per_s": enc / secs if secs > 0 and enc else 0.0,
+            "digest": meta.digest, "dtype": meta.dtype}
+
+
+def _subset(art: DatasetArtifact, cfg: VAEConfig) -> list[np.ndarray] | None:
+    """Seeded per-class subset of the train split for VAE training (``max_train_per_class``)."""
+    if cfg.max_train_per_class is None:
+        return None
+    rng = np.random.default_rng(derive_seed(cfg.seed, "vae-subset"))
+    return [np.sort(rng.permutation(len(rows))[: cfg.max_train_per_class]) for rows in art.class_rows("train")]
 
 
 def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str, ctx: StageContext) -> dict:
@@ -28,14 +150,6 @@ def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str,
 def encode_stage(inputs: dict[str, ArtifactRef], config: EncodeConfig, out: str, ctx: StageContext) -> dict:
     return encode_latents_stage(inputs["dataset"].uri, inputs["vae"].uri, out, batch_size=config.batch_size,
                                 dtype=config.dtype, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir)
-
-
-def ddoq_from_inputs(inputs: dict[str, ArtifactRef], config: DDOQConfig, out: str, ctx: StageContext,
-                     t0: float) -> dict:
-    """The ``distill`` stage for DDOQ/D4M: needs ``dataset``, ``latents`` and ``vae`` inputs."""
-    metrics = ddoq_stage(inputs["dataset"].uri, inputs["latents"].uri, inputs["vae"].uri, config, out,
-                         device=ctx.device)
-    return {"seconds": time.perf_counter() - t0, **{k: v for k, v in metrics.items() if k != "seconds"}}
 
 
 TRAIN_VAE = make_stage_task("train_vae", train_vae_stage, "vae", retries=1, tags=("gpu",))

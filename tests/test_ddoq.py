@@ -83,8 +83,11 @@ def test_distill_ddoq_returns_ipc_weighted_images() -> None:
         zc = z[y == c]
         return iter([zc[i : i + 9] for i in range(0, zc.shape[0], 9)])
 
-    s = distill_ddoq(by_class, vae, cfg, num_classes=NUM_CLASSES, mean=mean, std=std, image_size=SIZE)
+    res = distill_ddoq(by_class, vae, cfg, num_classes=NUM_CLASSES, mean=mean, std=std, image_size=SIZE)
+    s = res.synthetic
     assert s.images.shape == (NUM_CLASSES * 3, 1, SIZE, SIZE) and s.ipc == 3
+    assert [tuple(c.shape) for c in res.centroids] == [(3, *z.shape[1:])] * NUM_CLASSES  # returned, not hooked
+    assert len(res.quantize_seconds) == NUM_CLASSES and min(res.quantize_seconds) >= 0
     assert torch.equal(s.labels, torch.arange(NUM_CLASSES).repeat_interleave(3))
     assert s.weights is not None and s.weights.shape == (NUM_CLASSES * 3,)
     assert torch.allclose(s.weights.view(NUM_CLASSES, 3).mean(1), torch.ones(NUM_CLASSES))
@@ -94,7 +97,7 @@ def test_distill_ddoq_returns_ipc_weighted_images() -> None:
     pix = s.pixels()
     assert pix.min() >= -1e-5 and pix.max() <= 1 + 1e-5
     json.dumps(s.extra), json.dumps(s.config)
-    again = distill_ddoq(by_class, vae, cfg, num_classes=NUM_CLASSES, mean=mean, std=std, image_size=SIZE)
+    again = distill_ddoq(by_class, vae, cfg, num_classes=NUM_CLASSES, mean=mean, std=std, image_size=SIZE).synthetic
     assert torch.equal(s.images, again.images) and torch.equal(s.weights, again.weights)
     d4m = distill_ddoq(
         by_class,
@@ -104,7 +107,7 @@ def test_distill_ddoq_returns_ipc_weighted_images() -> None:
         mean=mean,
         std=std,
         image_size=SIZE,
-    )
+    ).synthetic
     assert d4m.method == "d4m" and torch.allclose(d4m.weights, torch.full((9,), 1 / 3))
 
 
@@ -167,7 +170,7 @@ def test_pushforward_folder_roundtrip_and_distill(tmp_path: Path) -> None:
         mean=(0.5,),
         std=(0.5,),
         pushforward=pf,
-    )
+    ).synthetic
     assert s.images.shape == (NUM_CLASSES * 2, 1, SIZE, SIZE) and s.seeds["pushforward"] == 9
     # unconditional UNet + DDPM works without labels
     save_denoiser(tmp_path / "uncond", tiny_unet(None), DDPMScheduler(num_train_timesteps=50))

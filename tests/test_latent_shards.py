@@ -1,8 +1,8 @@
-"""Latent artifacts (ddcore.latent.shards) and the latent stage glue (ddcore.latent.stage)."""
+"""Latent artifacts (ddcore.latent.shards), the latent stage bodies (tasks.latents) and DDOQ on a latent
+artifact (ddcore.latent.method)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from ddcore.data import ArtifactWriter, open_artifact
-from ddcore.data.synthetic_io import load_synthetic
+from ddcore.data.synthetic_io import load_synthetic, save_synthetic
 from ddcore.errors import ArtifactError
 from ddcore.latent.ddoq import DDOQConfig
+from ddcore.latent.method import distill_from_latents
 from ddcore.latent.reader import LATENT_META, latents_by_class, open_latents
 from ddcore.latent.shards import encode_dataset, pixel_batch
-from ddcore.latent.stage import ddoq_stage, encode_latents_stage, train_or_load_vae
 from ddcore.latent.vae import VAEConfig, build_vae, encode
+from tasks.latents import encode_latents_stage, train_or_load_vae
 
 NUM_CLASSES, PER_CLASS, SIZE = 3, 20, 16
 VAE_CFG = VAEConfig(block_out_channels=(8, 16, 16), norm_num_groups=8, latent_channels=2, epochs=1,
@@ -140,9 +141,9 @@ def test_truncated_or_altered_shard_is_detected(setup, tmp_path: Path) -> None:
 
 def test_stages_vae_encode_ddoq(setup, tmp_path: Path) -> None:
     """train_or_load_vae trains and saves a VAE (a second call loads it: same digest); encode_latents_stage
-    reports n and latents/s; ddoq_stage writes a synthetic artifact that load_synthetic reads back with
-    ipc images per class, weights summing to ipc per class (weight_scale 'mean_one'), the W2 report in
-    extra, and weighted W2 <= uniform W2 for every class."""
+    reports n and latents/s; distill_from_latents makes a set that saves and loads back with ipc images per
+    class, weights summing to ipc per class (weight_scale 'mean_one'), the W2 report and per-class k-means
+    times in extra, and weighted W2 <= uniform W2 for every class."""
     root, art, _ = setup
     ds = str(root / "ds")
     vae, d1 = train_or_load_vae(ds, VAE_CFG, tmp_path / "vae", checkpoint_dir=tmp_path / "ck", device="cpu")
@@ -153,16 +154,15 @@ def test_stages_vae_encode_ddoq(setup, tmp_path: Path) -> None:
                              device="cpu", checkpoint_dir=tmp_path / "ck2", shard_size=25)
     assert m["n"] == m["encoded"] == NUM_CLASSES * PER_CLASS and m["latents_per_s"] > 0
     cfg = DDOQConfig(ipc=3, iters=10, batch_size=8, seed=1)
-    res = ddoq_stage(ds, tmp_path / "lat", tmp_path / "vae", cfg, tmp_path / "syn", device="cpu")
-    assert res["images"] == NUM_CLASSES * 3
-    assert all(isinstance(v, int | float | str) for v in res.values())
+    made = distill_from_latents(open_artifact(ds), tmp_path / "lat", tmp_path / "vae", cfg, device="cpu")
+    assert made.images.shape[0] == NUM_CLASSES * 3 and len(made.extra["kmeans_seconds"]) == NUM_CLASSES
+    save_synthetic(made, tmp_path / "syn", classes=[str(c) for c in range(NUM_CLASSES)], source={"name": "t"})
     sset = load_synthetic(tmp_path / "syn")
     assert torch.equal(torch.bincount(sset.labels, minlength=NUM_CLASSES), torch.full((NUM_CLASSES,), 3))
     assert sset.weights is not None and sset.images.shape[1:] == (1, SIZE, SIZE)
+    w2 = sset.extra["w2"]
     for c in range(NUM_CLASSES):
         assert float(sset.weights[sset.labels == c].sum()) == pytest.approx(3.0, abs=1e-5)
-        assert res[f"w2_weighted_c{c}"] <= res[f"w2_uniform_c{c}"] + 1e-9
-    w2 = sset.extra["w2"]
+        assert w2["per_class"][c]["w2_weighted"] <= w2["per_class"][c]["w2_uniform"] + 1e-9
     assert len(w2["per_class"]) == NUM_CLASSES and w2["per_class"][0]["n"] == PER_CLASS
-    assert res["w2_reduction"] == pytest.approx(w2["mean_reduction"]) and res["w2_reduction"] >= 0
-    assert json.loads((tmp_path / "syn" / "dataset.json").read_text())["source"]["latents_digest"]
+    assert w2["mean_reduction"] >= 0

@@ -16,7 +16,9 @@ weighted loss ``mean_i w_i * loss_i`` has the same scale as the unweighted one (
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
@@ -117,6 +119,16 @@ def quantize_class(
     return _quantize(latent_batches_fn, cfg, generator)[0]
 
 
+@dataclass(frozen=True)
+class DDOQResult:
+    """What :func:`distill_ddoq` makes: the set, each class's centroids ``[K, *latent_shape]`` (before
+    decoding) and each class's quantization time in seconds (k-means passes + the exact assignment pass)."""
+
+    synthetic: SyntheticSet
+    centroids: list[torch.Tensor]
+    quantize_seconds: list[float]
+
+
 def distill_ddoq(
     latents_by_class: Callable[[int], Iterable[torch.Tensor]],
     vae: AutoencoderKL,
@@ -127,7 +139,7 @@ def distill_ddoq(
     std: tuple[float, ...],
     image_size: int | tuple[int, int] | None = None,
     pushforward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> SyntheticSet:
+) -> DDOQResult:
     """DDOQ / D4M distillation from per-class latent streams.
 
     Args:
@@ -144,7 +156,8 @@ def distill_ddoq(
             ``seeds`` attribute, if any, is merged into the recorded seeds.
 
     Returns:
-        a :class:`SyntheticSet` with ``ipc`` images per class, labels and per-image ``weights``;
+        a :class:`DDOQResult`: the :class:`SyntheticSet` with ``ipc`` images per class, labels and per-image
+        ``weights``, plus the centroids and quantization seconds of each class; the set's
         ``extra`` holds per class ``cell_masses`` (raw, sum 1), ``cell_counts``, ``quantization_error``
         (W2^2 of the class latents to the Voronoi-weighted quantizer, scaled-latent units) and
         ``class_sizes``, plus ``empty_cells`` (total zero-mass centres), ``weight_rule``, ``weight_scale``.
@@ -163,10 +176,14 @@ def distill_ddoq(
         "weight_rule": "uniform" if cfg.variant == "d4m" else cfg.weights,
         "weight_scale": cfg.weight_scale,
     }
+    centroids, seconds = [], []
     for c in range(num_classes):
         seed_c = derive_seed(cfg.seed, "kmeans", c)
         seeds[f"kmeans_class_{c}"] = seed_c
+        t0 = time.perf_counter()
         q, qerr, n = _quantize(lambda c=c: latents_by_class(c), cfg, torch.Generator().manual_seed(seed_c))
+        seconds.append(time.perf_counter() - t0)
+        centroids.append(q.centroids.detach().cpu())
         lab = torch.full((cfg.ipc,), c, dtype=torch.long)
         if pushforward is not None:
             pix = pushforward(q.centroids, lab)
@@ -191,7 +208,7 @@ def distill_ddoq(
     out = torch.cat(images)
     if not torch.isfinite(out).all():
         raise DistillationError("decoded DDOQ images contain NaN/inf; check the VAE weights and latents")
-    return SyntheticSet(
+    return DDOQResult(SyntheticSet(
         images=out.contiguous(),
         labels=torch.cat(labels),
         mean=tuple(mean),
@@ -202,4 +219,4 @@ def distill_ddoq(
         seeds=seeds,
         weights=torch.cat(weights),
         extra=extra,
-    )
+    ), centroids, seconds)
