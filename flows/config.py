@@ -36,7 +36,7 @@ class PostPruneConfig(PruneConfig):
 
 
 class SoftLabelConfig(StageConfig):
-    """Soft-label evaluation (methods.md §5.4): a teacher trained on the real data (stage ``train_teacher``)
+    """Soft-label evaluation (docs/methods.md §5.4): a teacher trained on the real data (stage ``train_teacher``)
     gives KL targets at temperature ``temperature`` on every augmented batch. Each listed method's sets are
     evaluated a second time this way (rows ``<method>+soft``) beside a random baseline under the same
     teacher; the hard-label rows stay, so every method remains comparable. ``temperature`` 20 is D4M's

@@ -13,7 +13,7 @@ from ddcore.evaluate.protocol import EvalConfig
 class EvaluateConfig(StageConfig):
     """Evaluation stage: ``eval`` recipe; per-image weights and soft labels of the set on/off.
 
-    ``teacher``: the soft-label protocol (methods.md §5.4): the stage's ``teacher`` input (a network
+    ``teacher``: the soft-label protocol (docs/methods.md §5.4): the stage's ``teacher`` input (a network
     trained on the real data, stage ``train_teacher``) gives KL(softmax(teacher/T) ‖ softmax(student/T))
     targets on every augmented batch, T = ``eval.soft_label_temperature``; per-image weights still apply.
     ``checkpoint_every``: passes between checkpoints inside a round (a killed round resumes there).

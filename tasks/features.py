@@ -1,5 +1,5 @@
 """Stage ``extract_features``: embed the real train split with a seeded ConvNet and score it
-hyperbolically (methods.md §3.5) to choose the core set that distillation matches against.
+hyperbolically (docs/methods.md §3.5) to choose the core set that distillation matches against.
 
 Output: ``keep.json`` (kept keys and positions per class, scores summary) and ``scores.npy``.
 """

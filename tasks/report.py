@@ -3,7 +3,7 @@
 The rows come typed in the config (:class:`~tasks.configs.ReportRow`, laid out by the run plan); each names
 its inputs: the set's evaluation, the set, the random-subset baseline (the soft-label one for a ``+soft``
 row) and the hard-label evaluation HLR reads. Accuracies are fractions. The DD-Ranking scores
-(ecosystem.md §A4) are computed per round, rounds paired by network seed, and reported as mean and std:
+(docs/methods.md §A4) are computed per round, rounds paired by network seed, and reported as mean and std:
 
 - IOR = Acc(set, its own recipe) − Acc(random real subset, same recipe): a ``+soft`` row against the
   soft-label baseline, every other row against the hard-label one.

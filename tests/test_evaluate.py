@@ -199,7 +199,7 @@ def test_summarize_population_std() -> None:
 
 
 def test_dd_ranking_metrics_on_hand_computed_examples() -> None:
-    """IOR, HLR, LRS and ARS follow ecosystem.md A4 on fractions; percentages are rejected."""
+    """IOR, HLR, LRS and ARS follow docs/methods.md §A4 on fractions; percentages are rejected."""
     assert ior(0.5, 0.3) == pytest.approx(0.2)
     assert hlr(0.8, 0.5) == pytest.approx(0.3)
     # alpha = 0.5*0.2 - 0.5*0.3 = -0.05

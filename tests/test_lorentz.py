@@ -1,4 +1,4 @@
-"""Property tests for ddcore.geometry.lorentz (methods.md §3.1, §3.3)."""
+"""Property tests for ddcore.geometry.lorentz (docs/methods.md §3.1, §3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests for ddcore.distill.losses and ddcore.distill.sampling_net (methods.md §2-§4)."""
+"""Property tests for ddcore.distill.losses and ddcore.distill.sampling_net (docs/methods.md §2-§4)."""
 
 from __future__ import annotations
 

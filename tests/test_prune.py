@@ -1,4 +1,4 @@
-"""Property tests for ddcore.prune.hyperbolic (methods.md §3.5; the ranking rule is our reading)."""
+"""Property tests for ddcore.prune.hyperbolic (docs/methods.md §3.5; the ranking rule is our reading)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report stage: DD-Ranking scores per round paired by network seed (ecosystem.md §A4), the storage budget
+"""The report stage: DD-Ranking scores per round paired by network seed (docs/methods.md §A4), the storage budget
 IOR compares at, and the pruned / unpruned / distilled-directly rows of a post-pruning run."""
 
 from __future__ import annotations

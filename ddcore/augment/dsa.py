@@ -1,4 +1,4 @@
-"""Differentiable Siamese Augmentation (DSA, methods.md §1.3) as draw-then-apply pure functions.
+"""Differentiable Siamese Augmentation (DSA, docs/methods.md §1.3) as draw-then-apply pure functions.
 
 :func:`draw_params` picks one family of the strategy string (e.g. ``color_crop_cutout_flip_scale_rotate``)
 and draws its parameters from an explicit ``torch.Generator``; :func:`apply` applies them to a batch
@@ -284,7 +284,7 @@ _APPLY = {
 }
 
 
-# --- NCFM-style variants (methods.md §4.3 and §4.6) ---------------------------------------------
+# --- NCFM-style variants (docs/methods.md §4.3 and §4.6) ---------------------------------------------
 
 IDC_STRATEGY = "color_crop_cutout"
 NCFM_EVAL_GEOMETRIC: tuple[str, ...] = ("crop", "scale", "rotate")

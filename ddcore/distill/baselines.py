@@ -1,4 +1,4 @@
-"""Selection baselines (methods.md §6): a random real subset and herding.
+"""Selection baselines (docs/methods.md §6): a random real subset and herding.
 
 Herding picks, per class, samples greedily so the running mean of the chosen embeddings tracks the
 class mean embedding (Welling 2009). The embedding is a seeded ConvNet, random or briefly trained on

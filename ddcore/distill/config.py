@@ -1,4 +1,4 @@
-"""Typed configs of the distillation methods (reference defaults from methods.md)."""
+"""Typed configs of the distillation methods (reference defaults from docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ddcore.nets.registry import check_network_name, uses_batch_norm
 
 
 class HDDOptions(StageConfig):
-    """HDD (methods.md §3): curvature parameter k (K = -1/k), loss scale λ, expmap0 radius clamp.
+    """HDD (docs/methods.md §3): curvature parameter k (K = -1/k), loss scale λ, expmap0 radius clamp.
 
     ``clamp_radius = 10`` (:data:`~ddcore.geometry.lorentz.CODE_CLAMP_RADIUS`) is code-faithful (the released
     code's vendored geoopt); ``None`` is the theory-faithful, unclamped map.
@@ -25,7 +25,7 @@ class HDDOptions(StageConfig):
 
 
 class PoolOptions(StageConfig):
-    """NCFM's pretrained feature-extractor pool (methods.md §4.4); ``num_models = 0`` disables it."""
+    """NCFM's pretrained feature-extractor pool (docs/methods.md §4.4); ``num_models = 0`` disables it."""
 
     num_models: int = Field(0, ge=0)
     epochs: int = Field(60, ge=1)
@@ -35,7 +35,7 @@ class PoolOptions(StageConfig):
 
 
 class NCFMOptions(StageConfig):
-    """NCFM (methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2, L2-normalised
+    """NCFM (docs/methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2, L2-normalised
     features (``normalize: false`` is an ablation that feeds raw features to the characteristic function)."""
 
     alpha: float = Field(0.5, ge=0)
@@ -175,7 +175,7 @@ def distilled_classes(cfg: DistillConfig, num_classes: int) -> list[int]:
 
 
 class BaselineConfig(StageConfig):
-    """Selection baselines (methods.md §6): a random real subset, or herding in a ConvNet embedding."""
+    """Selection baselines (docs/methods.md §6): a random real subset, or herding in a ConvNet embedding."""
 
     method: Literal["random", "herding"]
     ipc: int = Field(10, ge=1)

@@ -1,4 +1,4 @@
-"""Matching losses on feature tensors: DM (§2), HDD (§3) and NCFM's NCFD (§4) of methods.md.
+"""Matching losses on feature tensors: DM (§2), HDD (§3) and NCFM's NCFD (§4) of docs/methods.md.
 
 Every loss takes embeddings of real and synthetic samples of one class and returns a scalar; real
 features are always detached, so gradients reach only the synthetic side. Each has a batched form
@@ -132,7 +132,7 @@ def hdd_loss(
     """HDD loss of one class: ``scale * d_k(c(exp0(real)), c(exp0(syn)))``.
 
     Features are cast to float64, lifted to ``(0, f)``, mapped by the (optionally clamped) ``expmap0``,
-    averaged with the Lorentzian centroid and compared by geodesic distance (methods.md §3.1, §3.4).
+    averaged with the Lorentzian centroid and compared by geodesic distance (docs/methods.md §3.1, §3.4).
 
     Args:
         real_feat: ``[B_r, D]`` real embeddings (detached here).
@@ -231,7 +231,7 @@ def ncfd(
     eps: float = 1e-12,
     normalize: bool = True,
 ) -> torch.Tensor:
-    """Neural characteristic function discrepancy of one class (methods.md §4.1).
+    """Neural characteristic function discrepancy of one class (docs/methods.md §4.1).
 
     Features are L2-normalised (``normalize=False``, an ablation, uses them raw);
     ``Phi(t) = mean_i exp(j <t, f_i>)`` (cos/sin means). Per frequency:

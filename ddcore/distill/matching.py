@@ -1,4 +1,4 @@
-"""One optimisation step of DM and HDD (methods.md §2, §3), batched over classes.
+"""One optimisation step of DM and HDD (docs/methods.md §2, §3), batched over classes.
 
 Per iteration a fresh random ConvNet (re-initialised in place from the iteration seed) embeds, for
 every class, a Siamese-augmented batch of real images and the class's synthetic images. With instance

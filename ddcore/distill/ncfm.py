@@ -1,4 +1,4 @@
-"""One optimisation step of NCFM (methods.md §4): min-max characteristic-function matching.
+"""One optimisation step of NCFM (docs/methods.md §4): min-max characteristic-function matching.
 
 Synthetic images are optimised in pixel space ``[0, 1]`` with AdamW and clamped after each step.
 With ``factor = 2`` each stored image is a 2x2 mosaic decoded into four full-size images before

@@ -1,4 +1,4 @@
-"""NCFM's pool of pretrained feature extractors (methods.md §4.4), also used by herding.
+"""NCFM's pool of pretrained feature extractors (docs/methods.md §4.4), also used by herding.
 
 Each member is a ConvNet trained on the real data from a seeded initialisation; both the initial
 and the trained weights are kept, because NCFM matches with a random blend of the two. Training uses

@@ -1,4 +1,4 @@
-"""Frequency sampling for NCFM (methods.md §4.2): the default ``N(0, I)`` draw and the optional net psi.
+"""Frequency sampling for NCFM (docs/methods.md §4.2): the default ``N(0, I)`` draw and the optional net psi.
 
 Without psi (every released NCFM config), ``t ~ N(0, I_D)`` is drawn fresh on every loss call:
 :func:`gaussian_frequencies`. With psi, :class:`FrequencySampler` produces ``t [F, D]`` and is trained

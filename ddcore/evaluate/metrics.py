@@ -1,4 +1,4 @@
-"""Summary statistics and the DD-Ranking scores (ecosystem.md §A4), on accuracies as FRACTIONS.
+"""Summary statistics and the DD-Ranking scores (docs/methods.md §A4), on accuracies as FRACTIONS.
 
 - IOR (improvement over random) = Acc(syn) − Acc(random real subset, same IPC, identical recipe).
 - HLR (hard-label recovery) = Acc(full real data) − Acc(syn); lower is better.

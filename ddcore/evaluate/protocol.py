@@ -1,6 +1,6 @@
 """The evaluation recipe: how a fresh network is trained on a (synthetic) set and scored.
 
-Two named recipes, never to be mixed in one table (methods.md §8.1):
+Two named recipes, never to be mixed in one table (docs/methods.md §8.1):
 
 - :meth:`EvalConfig.dm_protocol` — the DC/DSA/DM "ConvNet protocol" (§1.4): SGD lr 0.01, momentum 0.9,
   wd 5e-4, batch 256, 1000 epochs run as 1001 passes like the reference loop, lr ×0.1 after pass
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         test_every=100, selection="best",
     ),
 }
-"""The fields each named protocol fixes (methods.md §1.4 and §4.6); unlisted fields keep their defaults."""
+"""The fields each named protocol fixes (docs/methods.md §1.4 and §4.6); unlisted fields keep their defaults."""
 
 _LABEL_FIELDS = ("protocol", "network", "epochs", "selection")  # spelled out in the label's head
 _RUN_FIELDS = ("num_eval", "seed")  # how many networks and their seeds, recorded beside every number
@@ -141,12 +141,12 @@ class EvalConfig(StageConfig):
 
     @classmethod
     def dm_protocol(cls, epochs: int = 1000, **overrides: Any) -> EvalConfig:
-        """The DC/DSA/DM recipe (methods.md §1.4); ``overrides`` replace single fields (e.g. num_eval)."""
+        """The DC/DSA/DM recipe (docs/methods.md §1.4); ``overrides`` replace single fields (e.g. num_eval)."""
         return cls.from_mapping({"protocol": "dm", "epochs": epochs, **overrides}, where="eval (dm protocol)")
 
     @classmethod
     def ncfm_protocol(cls, epochs: int = 2000, **overrides: Any) -> EvalConfig:
-        """NCFM's recipe (methods.md §4.6); best-epoch selection on the test set is labelled as such."""
+        """NCFM's recipe (docs/methods.md §4.6); best-epoch selection on the test set is labelled as such."""
         return cls.from_mapping({"protocol": "ncfm", "epochs": epochs, **overrides}, where="eval (ncfm protocol)")
 
 

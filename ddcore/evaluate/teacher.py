@@ -1,6 +1,6 @@
 """The soft-label teacher: a network trained on the REAL training split, saved and loaded as a folder.
 
-The soft-label protocol (methods.md §5.4, D4M/DDOQ) trains each student against ``softmax(teacher(x)/T)``
+The soft-label protocol (docs/methods.md §5.4, D4M/DDOQ) trains each student against ``softmax(teacher(x)/T)``
 on every augmented batch; :func:`ddcore.evaluate.train.train_and_evaluate` takes that network as
 ``teacher=``. This module trains it with the same loop (:func:`ddcore.evaluate.train.train_network`)
 under a :class:`TeacherConfig`, and stores it as a folder::

@@ -1,6 +1,6 @@
 """Small pure functions on the Lorentz (hyperboloid) model, built on geoopt's ``Lorentz(k)``.
 
-Convention (geoopt's, methods.md §3.1): ``k > 0`` and the manifold is
+Convention (geoopt's, docs/methods.md §3.1): ``k > 0`` and the manifold is
 ``H_k = {x in R^{D+1} : <x, x>_L = -k, x_0 > 0}`` with ``<u, v>_L = -u_0 v_0 + sum_{i>=1} u_i v_i``;
 the sectional curvature is ``K = -1/k`` and the origin is ``o = (sqrt(k), 0, ..., 0)``.
 
@@ -191,7 +191,7 @@ def check_on_manifold(
 
 
 def klein_closed_form(fr: torch.Tensor, fs: torch.Tensor, *, k: float, clamp_radius: float) -> torch.Tensor:
-    """Test oracle for methods.md §3.3: the HDD distance when the clamp is active for every sample.
+    """Test oracle for docs/methods.md §3.3: the HDD distance when the clamp is active for every sample.
 
     With every ``|f_i| > clamp_radius * sqrt(k)``, each point sits at ``r = clamp_radius`` and
     ``d(c(real), c(syn)) = sqrt(k) * arcosh((1 - <m_r, m_s>) / sqrt((1 - |m_r|^2)(1 - |m_s|^2)))``

@@ -1,4 +1,4 @@
-"""ConvNet-D, the matching and evaluation network of the DC/DSA/DM line of work (methods.md §1.1).
+"""ConvNet-D, the matching and evaluation network of the DC/DSA/DM line of work (docs/methods.md §1.1).
 
 Each of the ``depth`` blocks is Conv 3×3 (``width`` channels) → norm → ReLU → AvgPool 2×2. For 28 px
 inputs the first conv pads by 3, so the features are those of a 32 px input. ``embed(x)`` is the

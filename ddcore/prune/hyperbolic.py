@@ -1,4 +1,4 @@
-"""Hyperbolic pruning of the real matching target (HDD, methods.md §3.5).
+"""Hyperbolic pruning of the real matching target (HDD, docs/methods.md §3.5).
 
 The HDD paper claims that keeping 20 % of the core set in hyperbolic space retains performance, but
 **no pruning code was released**. The ranking rule here is our reading of the paper's root-centric
