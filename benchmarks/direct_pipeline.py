@@ -35,22 +35,15 @@ from flows.config import RunConfig, load_config
 from flows.plan import INGEST, REPORT, Node, build_plan
 from flows.runners import assign_devices
 from tasks import get_stage
+from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, stage_seed
-from tasks.runtime.store import DATASET_FILE, stage_key, tree_digest
+from tasks.runtime.store import output_digest, stage_key
 
 log = logging.getLogger("ddflow.direct")
 
 
 resolve_config = load_config  # the config as ``ddflow run`` reads it (flows.config imports no Prefect)
-
-
-def output_digest(uri: str) -> str:
-    """The digest the store gives a published output folder: its dataset manifest's, else its tree digest."""
-    fs, path = fsio.get_fs(uri)
-    if fs.exists(fsio.join(path, DATASET_FILE)):
-        return open_artifact(uri, verify="quick").digest
-    return tree_digest(fs, path)[0]
 
 
 class DirectExecutor:
@@ -81,7 +74,8 @@ class DirectExecutor:
             ctx = StageContext(stage=stage.name, key=key, checkpoint_dir=str(ckpt), device=device,
                                seed=stage_seed(node.config, key), logger=log)
             stage.fn(dict(inputs), node.config, str(out), ctx)
-            self._done[key] = ArtifactRef(uri=str(out), sha256=output_digest(str(out)), stage=stage.name, key=key,
+            sha = output_digest(*fsio.get_fs(str(out)), str(out))[0]  # the digest the store would publish
+            self._done[key] = ArtifactRef(uri=str(out), sha256=sha, stage=stage.name, key=key,
                                           kind=stage.kind)
         self.timeline.append({"name": node.id, "cached": cached, "seconds": round(time.perf_counter() - t0, 3)})
         return self._done[key]
@@ -114,7 +108,7 @@ def run_direct(cfg: RunConfig, root: Path) -> dict[str, Any]:
         data = _value(ex.results[INGEST])
         plan = build_plan(cfg, num_classes=open_artifact(data.uri, verify="none").meta.num_classes)
         ex.execute(plan.nodes, pool)
-    report = json.loads((Path(_value(ex.results[REPORT]).uri) / "results.json").read_text())
+    report = read_report(_value(ex.results[REPORT]).uri)
     return {"config_digest": cfg.digest(), "results": report["results"], "stages": ex.timeline, "device": ex.device,
             "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t_start, 3)}
 

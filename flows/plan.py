@@ -24,6 +24,7 @@ from ddcore.distill.merge import group_configs
 from ddcore.errors import ConfigError
 from ddcore.methods import get_method
 from flows.config import RunConfig
+from tasks import STAGE_MODULES
 from tasks.configs import (
     BaselineEvalConfig,
     BaselineRoundConfig,
@@ -33,19 +34,19 @@ from tasks.configs import (
     ReportConfig,
     ReportRow,
 )
+from tasks.evaluate import ROUND
+from tasks.merge import PART
 from tasks.runtime.refs import numbered
 
 Placement = Literal["flow", "branch", "cpu"]
 
 #: Every stage a run can contain, in pipeline order (what ``--force`` accepts).
-STAGES = ("ingest", "extract_features", "train_vae", "encode_latents", "train_teacher", "distill", "merge", "prune",
-          "evaluate_round", "evaluate", "baseline_round", "baseline", "report")
+STAGES = tuple(STAGE_MODULES)
 #: ``--force <aggregate>`` also recomputes its rounds (the rounds are the real work).
 FORCE_ALSO = {"evaluate": "evaluate_round", "baseline": "baseline_round"}
 
 INGEST, FEATURES, VAE, LATENTS, TEACHER, REPORT = ("ingest", "extract_features", "train_vae", "encode_latents",
                                                    "train_teacher", "report")
-PART, ROUND = "part", "round"  # numbered inputs of merge and of the evaluation aggregates
 
 
 @dataclass(frozen=True)

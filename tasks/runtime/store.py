@@ -265,19 +265,12 @@ class ArtifactStore:
         """
         fs, tmp = self.fs, self._path_of(tmp_uri)
         fs.invalidate_cache()
-        if fs.exists(fsio.join(tmp, DATASET_FILE)):
-            from ddcore.data.artifact import DatasetArtifact
-
-            art = DatasetArtifact.open(tmp_uri, verify="quick")
-            sha, files, method = art.digest, _listing(fs, tmp), "dataset"
-        elif kind in DATASET_KINDS:
+        sha, files, method = output_digest(fs, tmp, tmp_uri)
+        if method == "tree" and kind in DATASET_KINDS:
             raise ArtifactError(
                 f"stage {stage} declares kind {kind!r} but wrote no dataset.json into its output folder; "
                 "write a dataset artifact there or declare another kind"
             )
-        else:
-            sha, files = tree_digest(fs, tmp)
-            method = "tree"
         ref = ArtifactRef(uri=self.location(stage, key), sha256=sha, stage=stage, key=key, kind=kind)
         rec = RefRecord(
             ref=ref, config=config.model_dump(mode="json"), config_digest=config.digest(),
@@ -302,6 +295,17 @@ class ArtifactStore:
 
     def _to_uri(self, path: str) -> str:
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+
+def output_digest(fs: Any, path: str, uri: str) -> tuple[str, dict[str, int], Literal["dataset", "tree"]]:
+    """``(sha256, file listing, digest method)`` of an output folder (``path`` on ``fs``, also reachable as
+    ``uri``): a dataset artifact's manifest digest, else the tree digest of its files."""
+    if fs.exists(fsio.join(path, DATASET_FILE)):
+        from ddcore.data.artifact import DatasetArtifact
+
+        return DatasetArtifact.open(uri, verify="quick").digest, _listing(fs, path), "dataset"
+    sha, files = tree_digest(fs, path)
+    return sha, files, "tree"
 
 
 def stage_key(stage: str, config: StageConfig,
