@@ -15,7 +15,7 @@ from ddcore.augment.dsa import IDC_STRATEGY, apply, draw_params, draw_sequence, 
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.losses import dm_loss, hdd_loss, ncfm_loss
 from ddcore.distill.sampling_net import gaussian_frequencies
-from ddcore.nets.registry import build_network, reinit_
+from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
 
 
@@ -25,8 +25,8 @@ class ReferenceStyleStep:
     def __init__(self, sampler: RealSampler, cfg: DistillConfig, device: torch.device) -> None:
         self.sampler, self.cfg, self.device = sampler, cfg, device
         c, h, _ = sampler.image_shape
-        self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
-                                 seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
+        self.net = cfg.network_spec.build(channels=c, num_classes=sampler.num_classes, image_size=h,
+                                          seed=cfg.seed).to(device)
         for p in self.net.parameters():
             p.requires_grad_(False)
 

@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.reference_loops import ReferenceStyleStep
-from ddcore.distill.checkpoint import IterationRng, iteration_generator
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
 from ddcore.distill.ncfm import NCFMStep
 from ddcore.nets.fast import fast_embed, prepare
-from ddcore.nets.registry import build_network
 from ddcore.sampling import TensorSampler
+from ddcore.seeding import IterationRng, iteration_generator
 
 
 def real_sampler() -> tuple[TensorSampler, str]:
@@ -111,10 +110,11 @@ def embed_table(sampler: TensorSampler, cfg: DistillConfig, device: torch.device
     the reference), fast_embed float32 (ddflow's default), and fast_embed bfloat16 (opt-in, changes
     numerics: relative feature error reported)."""
     c, h, _ = sampler.image_shape
-    net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h, seed=cfg.seed,
-                        width=cfg.width, depth=cfg.depth).to(device).requires_grad_(False)
-    fast = prepare(build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
-                                 seed=cfg.seed, width=cfg.width, depth=cfg.depth)).to(device).requires_grad_(False)
+    spec = cfg.network_spec
+    net = spec.build(channels=c, num_classes=sampler.num_classes, image_size=h, seed=cfg.seed).to(device)
+    net.requires_grad_(False)
+    fast = prepare(spec.build(channels=c, num_classes=sampler.num_classes, image_size=h, seed=cfg.seed))
+    fast = fast.to(device).requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     per_class = [sampler.sample(k, cfg.batch_real, g).to(device) for k in range(sampler.num_classes)]
     x = torch.cat(per_class)

@@ -24,7 +24,8 @@ from ddcore.data.loader import ArtifactSampler
 from ddcore.errors import WeightsError
 from ddcore.latent.folders import check_model_folder, folder_digest, save_folder_atomic
 from ddcore.latent.shards import encode_dataset
-from ddcore.latent.vae import VAEConfig, build_vae, derive_seed, load_pretrained_vae, train_vae
+from ddcore.latent.vae import VAEConfig, build_vae, load_pretrained_vae, train_vae
+from ddcore.seeding import derive_seed
 from tasks.configs import EncodeConfig
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, make_stage_task

@@ -10,7 +10,6 @@ from conftest import band_sampler
 
 from ddcore.config import StageConfig
 from ddcore.distill.baselines import herding_order, select_baseline
-from ddcore.distill.checkpoint import IterationRng
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.distill.loop import distill
 from ddcore.distill.matching import MatchingStep
@@ -18,6 +17,7 @@ from ddcore.distill.ncfm import NCFMStep
 from ddcore.errors import ConfigError, DataError, DistillationError
 from ddcore.prune.core import PruneConfig, prune_real, prune_synthetic
 from ddcore.sampling import TensorSampler
+from ddcore.seeding import IterationRng
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from conftest import band_sampler
 
 from ddcore.augment.dsa import draw_params
 from ddcore.distill.batches import siamese_batches
-from ddcore.distill.checkpoint import IterationRng
 from ddcore.distill.config import NCFM_DEFAULTS, DistillConfig
 from ddcore.distill.loop import distill
 from ddcore.distill.pool import train_pool
@@ -20,6 +19,7 @@ from ddcore.errors import ConfigError
 from ddcore.nets.registry import build_network
 from ddcore.prune.core import PruneConfig
 from ddcore.sampling import TensorSampler
+from ddcore.seeding import IterationRng
 
 MEAN, STD = (0.3,), (0.35,)
 

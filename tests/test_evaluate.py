@@ -23,8 +23,8 @@ from ddcore.evaluate import (
     summarize,
     train_and_evaluate,
 )
-from ddcore.evaluate.protocol import lr_at
-from ddcore.evaluate.train import normalise_weights, soft_kl
+from ddcore.evaluate.loss import normalise_weights, soft_kl
+from ddcore.evaluate.protocol import lr_at, optimizer_for_pass, restarts_optimizer, select_epoch
 from ddcore.sampling import TensorSampler
 from ddcore.synthetic import SyntheticSet
 from flows.config import RunConfig
@@ -180,6 +180,32 @@ def test_lr_schedules() -> None:
     ms = EvalConfig.ncfm_protocol(epochs=10)
     assert [lr_at(ms, e) for e in range(10)] == pytest.approx(
         [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4, 6.25e-5, 6.25e-5])
+
+
+def test_dm_halfway_restarts_the_optimizer_once_and_other_schedules_never() -> None:
+    """The schedule lives in optimizer_for_pass: dm_halfway hands out a fresh optimizer (momentum reset) on
+    pass E//2 + 2 only, and otherwise the same optimizer with lr_at's learning rate."""
+    cfg = tiny(epochs=10)
+    net = torch.nn.Linear(2, 2)
+    opt = optimizer_for_pass(cfg, net, None, 0)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    assert [e for e in range(cfg.passes) if restarts_optimizer(cfg, e)] == [7]
+    for e in range(1, cfg.passes):
+        nxt = optimizer_for_pass(cfg, net, opt, e)
+        assert (nxt is not opt) == (e == 7) and nxt.param_groups[0]["lr"] == pytest.approx(lr_at(cfg, e))
+        if e == 7:
+            assert nxt.state_dict()["state"] == {}  # no momentum buffer carried over
+        opt = nxt
+    ms = EvalConfig.ncfm_protocol(epochs=10)
+    assert not any(restarts_optimizer(ms, e) for e in range(ms.passes))
+
+
+def test_epoch_selection_last_or_earliest_best() -> None:
+    """'last' reports the final pass; 'best' the earliest pass with the top test accuracy."""
+    accs = {2: 0.3, 4: 0.5, 6: 0.5, 8: 0.4}
+    assert select_epoch(tiny(epochs=7), accs) == 8
+    assert select_epoch(EvalConfig.ncfm_protocol(epochs=8, test_every=2), accs) == 4
 
 
 def test_ncfm_protocol_run_selects_best_tested_epoch() -> None:

@@ -1,12 +1,19 @@
-"""Networks: embedding sizes, seeded construction, in-place re-initialisation, name errors."""
+"""Networks: embedding sizes, seeded construction, in-place re-initialisation, name errors, and the one
+network spec (name, width, depth) every config shares."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.errors import ConfigError
+from ddcore.evaluate.protocol import EvalConfig
+from ddcore.evaluate.teacher import TeacherConfig
 from ddcore.nets import NETWORK_NAMES, build_network, embed_dim, reinit_
+from ddcore.nets.spec import NetworkSpec
+from ddcore.prune.core import PruneConfig
 
 EXPECTED_DIM = {
     # name: {image_size: D}
@@ -120,3 +127,28 @@ def test_embedding_passes_gradient_to_input_with_frozen_weights() -> None:
     x = torch.randn(3, 3, 32, 32, requires_grad=True)
     net.embed(x).mean(0).pow(2).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+NETWORK_CONFIGS = [  # every stage config that names a network, with the other keys it needs
+    (DistillConfig, {"method": "dm"}), (BaselineConfig, {"method": "herding"}), (PruneConfig, {}),
+    (EvalConfig, {}), (TeacherConfig, {}),
+]
+
+
+@pytest.mark.parametrize(("cls", "base"), NETWORK_CONFIGS, ids=lambda v: getattr(v, "__name__", ""))
+def test_every_config_naming_a_network_shares_one_validator(cls: type, base: dict) -> None:
+    """Unknown names and depths that contradict the name fail at config time with the same one-line
+    message in every config (keyed on the field), and network_spec builds what build_network builds."""
+    with pytest.raises(ConfigError, match=r"'network': .*unknown network 'resnet99'; valid names: convnet,"):
+        cls.from_mapping({**base, "network": "resnet99"})
+    with pytest.raises(ConfigError, match="depth applies to ConvNet only; drop depth=3 for network 'resnet18'"):
+        cls.from_mapping({**base, "network": "resnet18", "depth": 3})
+    with pytest.raises(ConfigError, match="network 'convnet-4' has depth 4 but depth=3 was given"):
+        cls.from_mapping({**base, "network": "convnet-4", "depth": 3})
+    cfg = cls.from_mapping({**base, "network": "convnet", "width": 8, "depth": 2})
+    assert cfg.network_spec == NetworkSpec("convnet", 8, 2)
+    a = cfg.network_spec.build(channels=1, num_classes=3, image_size=16, seed=4)
+    b = build_network("convnet", channels=1, num_classes=3, image_size=16, seed=4, width=8, depth=2)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    with pytest.raises(ValidationError):  # the mixin keeps the configs frozen
+        cfg.network = "alexnet"

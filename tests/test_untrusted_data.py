@@ -23,10 +23,10 @@ from conftest import class_images, leftovers
 from PIL import Image
 from typer.testing import CliRunner
 
+from ddcore.checkpoint import load_state
 from ddcore.data import codec
 from ddcore.data.sources.arrays import restricted_load
 from ddcore.data.writer import KEY_RE, ArtifactWriter
-from ddcore.distill.checkpoint import load_checkpoint
 from ddcore.distill.pool import FeaturePool
 from ddcore.errors import ArtifactError, ConfigError, DataError
 from flows.cli import app
@@ -229,15 +229,15 @@ def test_code_never_unpickles_untrusted_files() -> None:
 
 
 def test_pickled_torch_files_are_refused_without_running_code(tmp_path: Path) -> None:
-    """A loop checkpoint or a feature-pool file carrying a pickled callable is refused (weights_only=True):
-    the checkpoint as an ArtifactError with the fix, the pool as an unpickling error; nothing runs."""
+    """A loop checkpoint or a feature-pool file carrying a pickled callable is refused (weights_only=True)
+    as an ArtifactError that names the file and the fix; nothing runs."""
     marker = tmp_path / "pwned"
     (tmp_path / "ckpt").mkdir()
     torch.save({"iteration": 1, "images": Payload(pathlib.Path.touch, marker)}, tmp_path / "ckpt" / "loop.pt")
     with pytest.raises(ArtifactError, match="unreadable .*delete it to restart"):
-        load_checkpoint(tmp_path / "ckpt")
+        load_state(tmp_path / "ckpt" / "loop.pt")
     torch.save({"spec": Payload(os.system, f"touch {marker}"), "members": []}, tmp_path / "pool.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ArtifactError, match="feature pool .*pool.pt is unreadable .*delete it to restart"):
         FeaturePool.load(tmp_path / "pool.pt")
     assert not marker.exists()
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from ddcore.distill.checkpoint import iteration_generator
 from ddcore.distill.config import BaselineConfig
 from ddcore.distill.features import embed_batched
 from ddcore.distill.init import check_ipc
 from ddcore.distill.pool import all_real, train_classifier
-from ddcore.nets.registry import build_network
 from ddcore.sampling import RealSampler
+from ddcore.seeding import iteration_generator
 from ddcore.synthetic import SyntheticSet
 
 
@@ -48,8 +47,7 @@ def select_baseline(sampler: RealSampler, cfg: BaselineConfig, *, device: str | 
     net = None
     if cfg.method == "herding":
         c, h, _ = sampler.image_shape
-        net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h, seed=cfg.seed,
-                            width=cfg.width, depth=cfg.depth)
+        net = cfg.network_spec.build(channels=c, num_classes=sampler.num_classes, image_size=h, seed=cfg.seed)
         if cfg.feature_net == "trained":
             x, y = all_real(sampler)
             train_classifier(net, x, y, epochs=cfg.train_epochs, lr=0.01, batch_size=256, seed=cfg.seed, device=dev)

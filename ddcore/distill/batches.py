@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ddcore.augment.dsa import DSAParams, apply
-from ddcore.distill.checkpoint import IterationRng
 from ddcore.sampling import RealSampler
+from ddcore.seeding import IterationRng
 
 DrawFn = Callable[[int, tuple[int, ...], torch.Generator], DSAParams]
 """``draw(batch, image_shape, generator) -> params`` of one Siamese augmentation."""

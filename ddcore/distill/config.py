@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
 from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
-from ddcore.nets.registry import check_network_name, uses_batch_norm
+from ddcore.nets.registry import uses_batch_norm
+from ddcore.nets.spec import NamesNetwork
 
 
 class HDDOptions(StageConfig):
@@ -75,7 +76,7 @@ class NCFMOptions(StageConfig):
 NCFM_DEFAULTS: dict[str, object] = {"lr_img": 1e-3, "batch_real": 1024, "init": "mix"}
 
 
-class DistillConfig(StageConfig):
+class DistillConfig(StageConfig, NamesNetwork):
     """One distillation run.
 
     Attributes:
@@ -124,11 +125,6 @@ class DistillConfig(StageConfig):
     hdd: HDDOptions = HDDOptions()
     ncfm: NCFMOptions = NCFMOptions()
 
-    @field_validator("network")
-    @classmethod
-    def _known_network(cls, v: str) -> str:
-        return check_network_name(v)
-
     @model_validator(mode="before")
     @classmethod
     def _method_defaults(cls, data: object) -> object:
@@ -174,7 +170,7 @@ def distilled_classes(cfg: DistillConfig, num_classes: int) -> list[int]:
     return list(cfg.classes)
 
 
-class BaselineConfig(StageConfig):
+class BaselineConfig(StageConfig, NamesNetwork):
     """Selection baselines (docs/methods.md §6): a random real subset, or herding in a ConvNet embedding."""
 
     method: Literal["random", "herding"]
@@ -185,8 +181,3 @@ class BaselineConfig(StageConfig):
     depth: int | None = None
     feature_net: Literal["random", "trained"] = "random"
     train_epochs: int = Field(5, ge=1)
-
-    @field_validator("network")
-    @classmethod
-    def _known_network(cls, v: str) -> str:
-        return check_network_name(v)

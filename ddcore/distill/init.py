@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ddcore.distill.checkpoint import iteration_generator
 from ddcore.errors import DataError
 from ddcore.sampling import RealSampler
+from ddcore.seeding import iteration_generator
 
 
 def check_ipc(sampler: RealSampler, ipc: int, *, need: int = 1) -> None:

@@ -1,6 +1,6 @@
 """The distillation driver shared by DM, HDD and NCFM: init, steps, checkpoints, NaN guard, output.
 
-Every random draw of iteration ``i`` comes from :class:`~ddcore.distill.checkpoint.IterationRng`
+Every random draw of iteration ``i`` comes from :class:`~ddcore.seeding.IterationRng`
 ``(seed, i)`` (a shared stream and one per class), so a run resumed from a checkpoint is bit-for-bit
 the uninterrupted run on CPU, and ``cfg.classes`` distils one class group of a fanned-out run.
 """
@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from ddcore.distill.checkpoint import IterationRng, load_checkpoint, save_checkpoint
+from ddcore.checkpoint import LOOP_CHECKPOINT, load_state, loop_checkpoint, save_state
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
@@ -23,6 +23,7 @@ from ddcore.distill.ncfm import NCFMStep
 from ddcore.distill.pool import FeaturePool
 from ddcore.errors import DistillationError
 from ddcore.sampling import RealSampler
+from ddcore.seeding import ITERATION_SCHEME, IterationRng
 from ddcore.synthetic import SyntheticSet
 
 _LOG = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     syn = step.initial(images).to(dev).requires_grad_(True)
     opt = step.optimizer(syn)
     start, history = 0, []
-    state = load_checkpoint(ckdir)
+    state = load_state(loop_checkpoint(ckdir))
     if state is not None and state.get("config_digest") != cfg.digest():
         _LOG.warning("checkpoint in %s was written by another config (digest %s, this run %s); starting from "
                      "iteration 0 and overwriting it", ckdir, str(state.get("config_digest"))[:12], cfg.digest()[:12])
@@ -112,10 +113,10 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
             if log is not None:
                 log(done, metrics)
         if ckdir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_after):
-            save_checkpoint(ckdir, {"iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(),
-                                    "step": step.state(), "config_digest": cfg.digest(), "history": history,
-                                    "rng": {"scheme": "sha256(seed:iteration:role), role iter|class:<c>",
-                                            "seed": cfg.seed}})
+            save_state(ckdir / LOOP_CHECKPOINT, {
+                "iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(), "step": step.state(),
+                "config_digest": cfg.digest(), "history": history,
+                "rng": {"scheme": ITERATION_SCHEME, "seed": cfg.seed}})
             last_good = str(ckdir)
     return _result(sampler, cfg, step, syn.detach().cpu(), labels, history)
 

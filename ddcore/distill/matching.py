@@ -17,12 +17,12 @@ from torch import nn
 
 from ddcore.augment.dsa import DSAParams, draw_params
 from ddcore.distill.batches import siamese_batches
-from ddcore.distill.checkpoint import IterationRng
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
 from ddcore.nets.fast import fast_embed, prepare
-from ddcore.nets.registry import build_network, reinit_
+from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
+from ddcore.seeding import IterationRng
 
 FeatureLoss = Callable[..., torch.Tensor]
 
@@ -58,8 +58,8 @@ class MatchingStep:
     def __init__(self, sampler: RealSampler, cfg: DistillConfig, device: torch.device) -> None:
         self.sampler, self.cfg, self.device = sampler, cfg, device
         c, h, _ = sampler.image_shape
-        self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
-                                 seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
+        self.net = cfg.network_spec.build(channels=c, num_classes=sampler.num_classes, image_size=h,
+                                          seed=cfg.seed).to(device)
         prepare(self.net).train()
         for p in self.net.parameters():
             p.requires_grad_(False)

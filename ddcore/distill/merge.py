@@ -1,7 +1,7 @@
 """Class-group fan-out: split one distillation into groups of classes and merge the parts back.
 
 DM and HDD losses are sums of per-class terms, every class draws from its own random stream
-(:class:`~ddcore.distill.checkpoint.IterationRng`) and the per-iteration network comes from the
+(:class:`~ddcore.seeding.IterationRng`) and the per-iteration network comes from the
 shared stream, so the images of class ``c`` do not depend on which other classes are distilled with
 it: distilling groups separately (e.g. one GPU each) and merging gives the set of a single run, up
 to float reduction order. The same holds for NCFM without the sampling net ψ and without CE

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from ddcore.augment.dsa import IDC_STRATEGY, DSAParams, apply, draw_sequence, parse_strategy
 from ddcore.distill.batches import siamese_batches
-from ddcore.distill.checkpoint import IterationRng
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import decode_factor
 from ddcore.distill.losses import ncfm_loss_batched
@@ -34,8 +33,9 @@ from ddcore.distill.matching import class_chunks
 from ddcore.distill.pool import FeaturePool, train_pool
 from ddcore.distill.sampling_net import FrequencySampler, build_psi_optimizer, gaussian_frequencies, psi_step
 from ddcore.nets.fast import fast_embed, prepare
-from ddcore.nets.registry import build_network, reinit_
+from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
+from ddcore.seeding import IterationRng
 
 
 class NCFMStep:
@@ -51,8 +51,8 @@ class NCFMStep:
                  pool: FeaturePool | None = None) -> None:
         self.sampler, self.cfg, self.device, self.pool = sampler, cfg, device, pool
         c, h, _ = sampler.image_shape
-        self.net = build_network(cfg.network, channels=c, num_classes=sampler.num_classes, image_size=h,
-                                 seed=cfg.seed, width=cfg.width, depth=cfg.depth).to(device)
+        self.net = cfg.network_spec.build(channels=c, num_classes=sampler.num_classes, image_size=h,
+                                          seed=cfg.seed).to(device)
         prepare(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddcore.augment.dsa import DEFAULT_STRATEGY, apply, draw_params
-from ddcore.distill.checkpoint import iteration_generator
-from ddcore.errors import DataError
+from ddcore.checkpoint import load_state, save_state
+from ddcore.errors import ArtifactError, DataError
 from ddcore.nets.registry import build_network
 from ddcore.sampling import RealSampler
+from ddcore.seeding import iteration_generator
 
 StateDict = dict[str, torch.Tensor]
 
@@ -94,11 +95,13 @@ class FeaturePool:
         return self._final_cache[index]
 
     def save(self, path: str | Path) -> None:
-        torch.save({"spec": self.spec, "members": [{"init": i, "final": f} for i, f in self.members]}, path)
+        save_state(path, {"spec": self.spec, "members": [{"init": i, "final": f} for i, f in self.members]})
 
     @classmethod
     def load(cls, path: str | Path) -> FeaturePool:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_state(path, what="feature pool")
+        if data is None:
+            raise ArtifactError(f"feature pool {path} does not exist; train the pool again (rerun the stage)")
         return cls(data["spec"], [(m["init"], m["final"]) for m in data["members"]])
 
 

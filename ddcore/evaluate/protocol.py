@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from ddcore.augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
-from ddcore.nets.registry import NETWORK_NAMES
+from ddcore.nets.spec import NamesNetwork
 
 BEST_LABEL = "best-epoch (test-set selection, optimistic)"
 LAST_LABEL = "last-epoch"
@@ -49,7 +51,7 @@ _LABEL_FIELDS = ("protocol", "network", "epochs", "selection")  # spelled out in
 _RUN_FIELDS = ("num_eval", "seed")  # how many networks and their seeds, recorded beside every number
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(StageConfig, NamesNetwork):
     """Training-and-test recipe for one evaluation run (see the module docstring for the two presets).
 
     Fields:
@@ -104,9 +106,6 @@ class EvalConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
-        key = self.network.strip().lower()
-        if key not in NETWORK_NAMES:
-            raise ValueError(f"unknown network '{self.network}'; valid names: {', '.join(NETWORK_NAMES)}")
         try:
             parse_strategy(self.dsa_strategy)
         except ConfigError as exc:
@@ -151,10 +150,11 @@ class EvalConfig(StageConfig):
 
 
 def lr_at(config: EvalConfig, epoch: int) -> float:
-    """Learning rate of pass ``epoch`` (0-based) for the ``multistep``/``cosine``/``constant`` schedules.
+    """Learning rate of pass ``epoch`` (0-based) under ``config.lr_schedule``.
 
-    ``dm_halfway`` is handled by the training loop (it re-creates the optimizer); here it gives the
-    lr the re-created optimizer gets: ``lr`` up to pass E//2 + 1 inclusive, ``lr·lr_decay`` after.
+    ``dm_halfway``: ``lr`` up to pass E//2 + 1 inclusive, ``lr·lr_decay`` after (the optimizer is also
+    re-created then, see :func:`optimizer_for_pass`); ``multistep``: ×``lr_decay`` at 20/40/60/80 % of E;
+    ``cosine``: per pass from ``lr`` to 0 at E; ``constant``: ``lr``.
     """
     e = config.epochs
     if config.lr_schedule == "dm_halfway":
@@ -165,3 +165,39 @@ def lr_at(config: EvalConfig, epoch: int) -> float:
     if config.lr_schedule == "cosine":
         return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(epoch, e) / e))
     return config.lr
+
+
+def make_optimizer(config: EvalConfig, net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """SGD (with ``momentum``) or AdamW over ``net``'s parameters at ``lr`` with ``weight_decay``."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+
+
+def restarts_optimizer(config: EvalConfig, epoch: int) -> bool:
+    """Whether pass ``epoch`` starts with a fresh optimizer: the DC/DM loop re-creates it (momentum reset)
+    when it decays the lr, i.e. on the first pass after E//2 + 1 (docs/methods.md §1.4)."""
+    return config.lr_schedule == "dm_halfway" and epoch == config.epochs // 2 + 2
+
+
+def optimizer_for_pass(config: EvalConfig, net: nn.Module, optimizer: torch.optim.Optimizer | None,
+                       epoch: int) -> torch.optim.Optimizer:
+    """The optimizer of pass ``epoch`` with its lr set to :func:`lr_at`; the whole schedule lives here.
+
+    A new one is made for the first pass (``optimizer`` ``None``) and where :func:`restarts_optimizer`
+    says so; otherwise ``optimizer`` is returned with its learning rate updated.
+    """
+    lr = lr_at(config, epoch)
+    if optimizer is None or restarts_optimizer(config, epoch):
+        return make_optimizer(config, net, lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return optimizer
+
+
+def select_epoch(config: EvalConfig, test_accs: dict[int, float]) -> int:
+    """Passes completed at the reported accuracy: the last pass, or (``selection='best'``) the earliest
+    pass with the highest test accuracy (optimistic: chosen on the test set, and labelled so)."""
+    if config.selection == "best":
+        return max(test_accs, key=lambda k: (test_accs[k], -k))
+    return config.passes

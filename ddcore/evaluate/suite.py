@@ -17,8 +17,9 @@ from torch import nn
 
 from ddcore.errors import DataError
 from ddcore.evaluate import metrics
+from ddcore.evaluate.loss import check_eval_inputs
 from ddcore.evaluate.protocol import EvalConfig
-from ddcore.evaluate.train import EvalRun, Progress, check_eval_inputs, train_and_evaluate
+from ddcore.evaluate.train import EvalRun, Progress, train_and_evaluate
 from ddcore.sampling import RealSampler
 from ddcore.synthetic import SyntheticSet
 

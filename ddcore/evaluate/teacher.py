@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from ddcore.augment.dsa import DEFAULT_STRATEGY
@@ -33,7 +33,7 @@ from ddcore.distill.pool import all_real
 from ddcore.errors import DataError, WeightsError
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.train import EpochCheckpoint, Progress, train_network
-from ddcore.nets.registry import build_network, check_network_name
+from ddcore.nets.spec import NamesNetwork
 from ddcore.sampling import RealSampler
 
 TEACHER_FILE = "teacher.json"
@@ -47,7 +47,7 @@ class TeacherError(WeightsError):
     """A teacher folder is missing, incomplete, corrupt or does not fit the data it is used on."""
 
 
-class TeacherConfig(StageConfig):
+class TeacherConfig(StageConfig, NamesNetwork):
     """How the soft-label teacher is trained on the real training split (defaults: a ConvNet-3 teacher).
 
     Fields:
@@ -74,11 +74,6 @@ class TeacherConfig(StageConfig):
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     seed: int = Field(default=0, ge=0)
-
-    @field_validator("network")
-    @classmethod
-    def _known_network(cls, name: str) -> str:
-        return check_network_name(name)
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:
@@ -269,8 +264,8 @@ def load_teacher(
                            "the folder and re-run the train_teacher stage")
     try:
         cfg = TeacherConfig.model_validate(doc["config"])
-        net = build_network(cfg.network, channels=shape[0], num_classes=int(doc["num_classes"]),
-                            image_size=shape[1], seed=cfg.seed, width=cfg.width, depth=cfg.depth)
+        net = cfg.network_spec.build(channels=shape[0], num_classes=int(doc["num_classes"]), image_size=shape[1],
+                                     seed=cfg.seed)
         net.load_state_dict(_read_state(payload, str(doc["weights_file"])))
     except TeacherError:
         raise

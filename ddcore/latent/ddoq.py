@@ -27,7 +27,8 @@ from pydantic import Field
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.kmeans import cell_counts, cell_masses, minibatch_kmeans
-from ddcore.latent.vae import decode, derive_seed
+from ddcore.latent.vae import decode
+from ddcore.seeding import derive_seed
 from ddcore.synthetic import SyntheticSet
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.folders import folder_digest
 from ddcore.latent.kmeans import cell_masses, w2_uniform, w2_weighted
 from ddcore.latent.reader import latents_by_class, open_latents
-from ddcore.latent.vae import derive_seed, load_pretrained_vae
+from ddcore.latent.vae import load_pretrained_vae
+from ddcore.seeding import derive_seed
 from ddcore.synthetic import SyntheticSet
 
 

@@ -36,7 +36,8 @@ from pydantic import Field
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, WeightsError
 from ddcore.latent.folders import load_model_folder, save_folder_atomic
-from ddcore.latent.vae import decode, derive_seed, import_diffusers
+from ddcore.latent.vae import decode, import_diffusers
+from ddcore.seeding import derive_seed
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DModel

@@ -23,7 +23,6 @@ and atomically replacing such folders is done by :mod:`ddcore.latent.folders` (i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from ddcore.checkpoint import load_state, save_state
 from ddcore.config import StageConfig
 from ddcore.errors import ArtifactError, ConfigError, DataError, DistillationError
 from ddcore.latent.folders import (
@@ -44,13 +44,14 @@ from ddcore.latent.folders import (
     load_model_folder,
     save_folder_atomic,
 )
+from ddcore.seeding import derive_seed
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
 __all__ = [
     "CHECKPOINT_NAME", "WEIGHT_FILES", "TrainData", "TrainStats", "VAEConfig", "build_vae", "check_model_folder",
-    "decode", "derive_seed", "downsample_factor", "encode", "folder_digest", "import_diffusers", "load_model_folder",
+    "decode", "downsample_factor", "encode", "folder_digest", "import_diffusers", "load_model_folder",
     "load_pretrained_vae", "save_folder_atomic", "save_vae", "to_vae_input", "train_vae",
 ]
 
@@ -112,12 +113,6 @@ def import_diffusers() -> Any:
     import diffusers
 
     return diffusers
-
-
-def derive_seed(seed: int, *tags: object) -> int:
-    """A reproducible 63-bit seed for ``(seed, *tags)`` (sha256 based; never the clock)."""
-    text = ":".join(str(t) for t in (seed, *tags))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def downsample_factor(vae: AutoencoderKL) -> int:
@@ -266,18 +261,16 @@ def _objective(vae: AutoencoderKL, x: torch.Tensor, cfg: VAEConfig, g: torch.Gen
 
 
 def _resume(path: Path, vae: AutoencoderKL, opt: torch.optim.Optimizer, key: str) -> dict[str, Any] | None:
-    if not path.is_file():
+    state = load_state(path, what="VAE checkpoint")
+    if state is None:
         return None
+    if state.get("config_key") != key:
+        raise ConfigError(f"VAE checkpoint {path} was written with a different VAE config; "
+                          "delete it or use another checkpoint_dir")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("config_key") != key:
-            raise ConfigError(f"VAE checkpoint {path} was written with a different VAE config; "
-                              "delete it or use another checkpoint_dir")
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
-    except ConfigError:
-        raise
-    except Exception as exc:
+    except (KeyError, RuntimeError, ValueError) as exc:
         msg = f"VAE checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart"
         raise ArtifactError(msg) from None
     return state
@@ -332,11 +325,8 @@ def train_vae(
             hist[k].append(tot[k] / n)
         stats.epochs_run += 1
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_name(ckpt.name + f".{os.getpid()}.tmp")
-            torch.save({"config_key": key, "epoch": epoch + 1, "model": vae.state_dict(),
-                        "optim": opt.state_dict(), "history": hist}, tmp)
-            os.replace(tmp, ckpt)
+            save_state(ckpt, {"config_key": key, "epoch": epoch + 1, "model": vae.state_dict(),
+                              "optim": opt.state_dict(), "history": hist})
         if progress is not None:
             progress(epoch, {k: v[-1] for k, v in hist.items()})
     vae.eval()

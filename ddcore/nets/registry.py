@@ -46,11 +46,24 @@ NETWORK_NAMES: tuple[str, ...] = tuple(_SPECS)
 DEFAULT_CONVNET_DEPTH = 3
 
 
-def check_network_name(name: str) -> str:
-    """``name`` when :func:`build_network` knows it (for config validators); else ``ValueError``."""
+def name_problem(name: str) -> str | None:
+    """Why :func:`build_network` cannot build ``name`` (one line with the fix), or ``None``."""
     if name.strip().lower() not in NETWORK_NAMES:
-        raise ValueError(f"unknown network '{name}'; valid names: {', '.join(NETWORK_NAMES)}")
-    return name
+        return f"unknown network '{name}'; valid names: {', '.join(NETWORK_NAMES)}"
+    return None
+
+
+def depth_problem(name: str, depth: int | None) -> str | None:
+    """Why ``depth`` does not fit the known network ``name`` (one line with the fix), or ``None``."""
+    cls, fixed = _SPECS[name.strip().lower()]
+    if depth is None:
+        return None
+    if cls is not ConvNet:
+        return f"depth applies to ConvNet only; drop depth={depth} for network '{name}'"
+    if "depth" in fixed and depth != fixed["depth"]:
+        return (f"network '{name}' has depth {fixed['depth']} but depth={depth} was given; "
+                f"use 'convnet' with depth={depth}")
+    return None
 
 
 def uses_batch_norm(name: str) -> bool:
@@ -84,19 +97,14 @@ def build_network(
     Raises:
         ConfigError: unknown name, or a depth that contradicts the name or is given to a non-ConvNet.
     """
-    key = name.strip().lower()
-    if key not in _SPECS:
-        raise ConfigError(f"unknown network '{name}'; valid names: {', '.join(NETWORK_NAMES)}")
-    cls, fixed = _SPECS[key]
+    problem = name_problem(name) or depth_problem(name, depth)
+    if problem is not None:
+        raise ConfigError(problem)
+    cls, fixed = _SPECS[name.strip().lower()]
     kwargs: dict[str, Any] = dict(fixed)
     if cls is ConvNet:
-        if depth is not None and "depth" in fixed and depth != fixed["depth"]:
-            raise ConfigError(f"network '{name}' has depth {fixed['depth']} but depth={depth} was given; "
-                              f"use 'convnet' with depth={depth}")
         kwargs.setdefault("depth", depth if depth is not None else DEFAULT_CONVNET_DEPTH)
         kwargs["width"] = width
-    elif depth is not None:
-        raise ConfigError(f"depth applies to ConvNet only; drop depth={depth} for network '{name}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = cls(channels=channels, num_classes=num_classes, image_size=image_size, **kwargs)

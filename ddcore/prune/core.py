@@ -11,18 +11,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ddcore.config import StageConfig
 from ddcore.distill.features import embed_batched
 from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
-from ddcore.nets.registry import build_network, check_network_name
+from ddcore.nets.spec import NamesNetwork
 from ddcore.prune.hyperbolic import prune_by_class
 from ddcore.sampling import RealSampler
 from ddcore.synthetic import SyntheticSet
 
 
-class PruneConfig(StageConfig):
+class PruneConfig(StageConfig, NamesNetwork):
     """Hyperbolic pruning: keep ``fraction`` of each class ranked by Lorentz distance.
 
     ``reference = origin`` needs ``clamp_radius: null``: with the clamp every feature whose norm
@@ -41,11 +41,6 @@ class PruneConfig(StageConfig):
     depth: int | None = None
     seed: int = 0
 
-    @field_validator("network")
-    @classmethod
-    def _known_network(cls, v: str) -> str:
-        return check_network_name(v)
-
     @model_validator(mode="after")
     def _origin_needs_no_clamp(self) -> PruneConfig:
         if self.reference == "origin" and self.clamp_radius is not None:
@@ -57,8 +52,7 @@ class PruneConfig(StageConfig):
 
 def _net(cfg: PruneConfig, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> torch.nn.Module:
     c, h, _ = shape
-    return build_network(cfg.network, channels=c, num_classes=num_classes, image_size=h, seed=cfg.seed,
-                         width=cfg.width, depth=cfg.depth).to(device).eval()
+    return cfg.network_spec.build(channels=c, num_classes=num_classes, image_size=h, seed=cfg.seed).to(device).eval()
 
 
 def prune_real(sampler: RealSampler, cfg: PruneConfig, *, device: str | torch.device = "cpu") -> list[np.ndarray]:

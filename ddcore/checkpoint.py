@@ -1,0 +1,56 @@
+"""Resumable state on disk: written atomically, read back without unpickling.
+
+One helper pair serves every loop that resumes: distillation (``loop.pt``), evaluation runs
+(``loop.pt`` in their own folder), VAE training and the NCFM feature pool. :func:`save_state` writes
+to a temporary file beside the target and renames it, so a killed process leaves either the previous
+state or the new one, never half a file; :func:`load_state` uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddcore.errors import ArtifactError
+
+LOOP_CHECKPOINT = "loop.pt"
+"""File name of a loop's state inside its checkpoint folder."""
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors, numbers, strings, nested dicts/lists) to ``path`` atomically; returns ``path``."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def load_state(path: str | Path | None, *, what: str = "checkpoint") -> dict[str, Any] | None:
+    """The state saved at ``path``, or ``None`` when there is none (``path`` ``None`` or no such file).
+
+    Raises:
+        ArtifactError: the file exists but cannot be read as plain tensors and containers (corrupt,
+            truncated, or holding pickled objects); the message names ``what`` and says to delete it.
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint must not be trusted
+        raise ArtifactError(f"{what} {path} is unreadable ({type(exc).__name__}); delete it to restart") from None
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{what} {path} holds a {type(state).__name__}, not a state mapping; delete it to restart")
+    return state
+
+
+def loop_checkpoint(directory: str | Path | None) -> Path | None:
+    """``directory/loop.pt``, or ``None`` without a folder."""
+    return None if directory is None else Path(directory) / LOOP_CHECKPOINT
