@@ -23,6 +23,7 @@ from ddcore.data.artifact import DatasetArtifact
 from ddcore.data.loader import ArtifactSampler
 from ddcore.errors import WeightsError
 from ddcore.latent.folders import check_model_folder, folder_digest, save_folder_atomic
+from ddcore.latent.identity import CLASS_NAME, is_identity_folder
 from ddcore.latent.shards import encode_dataset
 from ddcore.latent.vae import VAEConfig, build_vae, load_pretrained_vae, train_vae
 from ddcore.seeding import derive_seed
@@ -45,7 +46,7 @@ def _training_record(cfg: VAEConfig, dataset_digest: str) -> dict[str, Any]:
 def _trained_here(out_dir: Path, record: dict[str, Any]) -> bool:
     try:
         found = json.loads((out_dir / TRAINING_RECORD).read_text())
-        check_model_folder(out_dir, class_name="AutoencoderKL")
+        check_model_folder(out_dir, class_name=CLASS_NAME if is_identity_folder(out_dir) else "AutoencoderKL")
     except (OSError, ValueError, WeightsError):
         return False
     return all(found.get(k) == record[k] for k in ("dataset_digest", "config_digest"))
@@ -65,6 +66,8 @@ def train_or_load_vae(
     - ``cfg.source='pretrained'``: ``config.json`` and the weights file of ``cfg.pretrained_path`` are
       copied byte for byte into ``out_dir`` (atomically) and loaded; the digest is
       :func:`~ddcore.latent.folders.folder_digest` of ``out_dir`` (those two files).
+    - ``cfg.source='identity'``: the identity autoencoder (pixels as latents) is written the same way,
+      with nothing trained.
     - ``cfg.source='train'``: if ``out_dir`` already holds a VAE trained with the same config on the same
       dataset digest (``training.json``), it is loaded; otherwise a VAE is built for the dataset's image
       shape and trained on its ``train`` split through :class:`~ddcore.data.loader.ArtifactSampler`
@@ -91,10 +94,11 @@ def train_or_load_vae(
         return load_pretrained_vae(out).to(device).eval(), folder_digest(out)
     c, h, w = art.meta.image_shape
     vae = build_vae(cfg, c, (h, w)).to(device)
-    stats = train_vae(vae, ArtifactSampler(art, "train", keep=_subset(art, cfg)), cfg, checkpoint_dir=checkpoint_dir,
-                      progress=log)
-    record["history"] = {"loss": stats.epoch_loss, "recon": stats.epoch_recon, "kl": stats.epoch_kl}
-    record["seeds"] = stats.seeds
+    if cfg.source == "train":
+        stats = train_vae(vae, ArtifactSampler(art, "train", keep=_subset(art, cfg)), cfg,
+                          checkpoint_dir=checkpoint_dir, progress=log)
+        record["history"] = {"loss": stats.epoch_loss, "recon": stats.epoch_recon, "kl": stats.epoch_kl}
+        record["seeds"] = stats.seeds
 
     def write(tmp: Path) -> None:
         vae.save_pretrained(tmp, safe_serialization=True)

@@ -166,3 +166,36 @@ def test_stages_vae_encode_ddoq(setup, tmp_path: Path) -> None:
         assert w2["per_class"][c]["w2_weighted"] <= w2["per_class"][c]["w2_uniform"] + 1e-9
     assert len(w2["per_class"]) == NUM_CLASSES and w2["per_class"][0]["n"] == PER_CLASS
     assert w2["mean_reduction"] >= 0
+
+
+def test_identity_source_runs_ddoq_on_pixels(setup, tmp_path: Path) -> None:
+    """vae.source identity: the 'VAE' folder round-trips (same digest on a second call, nothing trained),
+    its latents are the images in [-1, 1] (encode and decode are exact inverses), and DDOQ on them gives
+    the centroids of the pixel k-means computed directly on the same images with the same class seeds."""
+    from ddcore.latent.ddoq import quantize_class
+    from ddcore.latent.identity import IdentityAutoencoder
+    from ddcore.latent.vae import decode, load_pretrained_vae
+    from ddcore.seeding import derive_seed
+
+    root, art, _ = setup
+    ds = str(root / "ds")
+    cfg_vae = VAEConfig(source="identity")
+    vae, d1 = train_or_load_vae(ds, cfg_vae, tmp_path / "id", checkpoint_dir=None, device="cpu")
+    _, d2 = train_or_load_vae(ds, cfg_vae, tmp_path / "id", checkpoint_dir=None, device="cpu")
+    assert d1 == d2 and isinstance(load_pretrained_vae(tmp_path / "id"), IdentityAutoencoder)
+    x = pixel_batch(art, np.arange(6))
+    z = encode(vae, x)
+    assert torch.equal(z, x * 2 - 1) and torch.allclose(decode(vae, z, image_size=SIZE), x, atol=1e-6)
+    encode_latents_stage(ds, tmp_path / "id", tmp_path / "lat", batch_size=16, dtype="float32", device="cpu",
+                         checkpoint_dir=tmp_path / "ck", shard_size=25)
+    cfg = DDOQConfig(ipc=3, iters=10, batch_size=8, seed=1)
+    made = distill_from_latents(open_artifact(ds), tmp_path / "lat", tmp_path / "id", cfg, device="cpu")
+    rows = art.class_rows("train")
+    for c in range(NUM_CLASSES):
+        pix = pixel_batch(art, rows[c]) * 2 - 1
+        direct = quantize_class(lambda pix=pix: iter([pix[i : i + 4096] for i in range(0, len(pix), 4096)]), cfg,
+                                torch.Generator().manual_seed(derive_seed(cfg.seed, "kmeans", c)))
+        got = made.images[made.labels == c] * torch.tensor(art.meta.std).view(1, -1, 1, 1) \
+            + torch.tensor(art.meta.mean).view(1, -1, 1, 1)
+        assert torch.allclose(got, ((direct.centroids + 1) / 2).clamp(0, 1), atol=1e-5)
+        assert made.extra["cell_counts"][c] == direct.counts.tolist()

@@ -44,6 +44,7 @@ from ddcore.latent.folders import (
     load_model_folder,
     save_folder_atomic,
 )
+from ddcore.latent.identity import IdentityAutoencoder, is_identity_folder
 from ddcore.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -60,13 +61,15 @@ CHECKPOINT_NAME = "vae_train_state.pt"
 
 class VAEConfig(StageConfig):
     """How to obtain the VAE. ``source='pretrained'`` loads ``pretrained_path`` (a local folder);
-    ``source='train'`` builds the small architecture below and trains it on the real data.
+    ``source='identity'`` uses no VAE at all (latents are the pixels, :mod:`ddcore.latent.identity`: the
+    pixel-space reference for DDOQ/D4M); ``source='train'`` builds the small architecture below and trains
+    it on the real data.
 
     Objective (LDM-style, without LPIPS/GAN): ``E_batch[sum_pixels rec(x, x_hat)] + kl_weight *
     E_batch[KL(q(z|x) || N(0, I))]`` with ``rec`` = ``|.|`` (``l1``) or ``(.)^2`` (``l2``).
     """
 
-    source: Literal["train", "pretrained"] = "train"
+    source: Literal["train", "pretrained", "identity"] = "train"
     pretrained_path: str | None = None
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = Field(1, ge=1)
@@ -126,9 +129,12 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 
 def build_vae(cfg: VAEConfig, channels: int, image_size: int | tuple[int, int]) -> AutoencoderKL:
     """A freshly initialised ``AutoencoderKL`` (init seeded by ``cfg.seed``) for ``channels``-channel
-    images of ``image_size``; ``sample_size`` records the padded size."""
+    images of ``image_size``; ``sample_size`` records the padded size. ``source='identity'`` gives the
+    :class:`~ddcore.latent.identity.IdentityAutoencoder` (nothing to train)."""
     f = 2 ** (len(cfg.block_out_channels) - 1)
     h, w = _hw(image_size)
+    if cfg.source == "identity":
+        return IdentityAutoencoder(channels, max(h, w))  # type: ignore[return-value]
     n = len(cfg.block_out_channels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -144,7 +150,10 @@ def build_vae(cfg: VAEConfig, channels: int, image_size: int | tuple[int, int]) 
 # ----------------------------------------------------------------------------- save / load
 def load_pretrained_vae(path: str | Path) -> AutoencoderKL:
     """Load an ``AutoencoderKL`` from a local folder (never the hub; sets ``HF_HUB_OFFLINE=1`` unless
-    the user set it). Missing / incomplete / corrupt folders raise one-line :class:`WeightsError`."""
+    the user set it), or the identity autoencoder from a folder that names it. Missing / incomplete /
+    corrupt folders raise one-line :class:`WeightsError`."""
+    if is_identity_folder(path):
+        return load_model_folder(IdentityAutoencoder, path, what="VAE")
     return load_model_folder(import_diffusers().AutoencoderKL, path, what="VAE")
 
 
