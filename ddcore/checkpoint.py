@@ -1,7 +1,7 @@
 """Resumable state on disk: written atomically, read back without unpickling.
 
 One helper pair serves every loop that resumes: distillation (``loop.pt``), evaluation runs
-(``loop.pt`` in their own folder), VAE training and the NCFM feature pool. :func:`save_state` writes
+(``loop.pt`` in their own folder), VAE and denoiser training and the NCFM feature pool. :func:`save_state` writes
 to a temporary file beside the target and renames it, so a killed process leaves either the previous
 state or the new one, never half a file; :func:`load_state` uses ``torch.load(weights_only=True)``.
 """

@@ -3,8 +3,9 @@
 A run config names methods by key (``methods: {dm: {...}, ddoq: {...}}``); :func:`get_method` turns a key
 into a :class:`Method`, which validates the entry into the method's config type (the key is the
 discriminator: it fixes the config's ``method`` / ``variant`` field), tells the plan which extra inputs the
-method needs (the latent methods need the ``latents`` and ``vae`` stage outputs) and whether a run can be
-split into class groups, and runs it (:attr:`Method.run`). Adding a method means one module (its config and
+method needs (the latent methods need the ``latents`` and ``vae`` stage outputs, and the ``denoiser`` when
+their config asks for the pushforward: :meth:`Method.needs_for`) and whether a run can be split into class
+groups, and runs it (:attr:`Method.run`). Adding a method means one module (its config and
 entry point) and one :func:`register` line; ``tests/test_method_registry.py`` registers a toy method.
 """
 
@@ -36,7 +37,8 @@ class MethodInputs:
         device: torch device for networks and images.
         checkpoint_dir: a local folder for resumable state (``None``: no checkpoints).
         log: ``(step, metrics)`` progress callback.
-        latents, vae: the latent artifact URI and the VAE folder (methods that need them).
+        latents, vae, denoiser: the latent artifact URI, the VAE folder and the denoiser folder (methods that
+            need them).
     """
 
     sampler: RealSampler
@@ -46,6 +48,7 @@ class MethodInputs:
     log: LogFn | None = None
     latents: str | None = None
     vae: str | None = None
+    denoiser: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,9 @@ class Method:
         run: ``(inputs, config) -> SyntheticSet``, the ddcore entry point.
         fields: config fields fixed by the name (e.g. ``{"method": "hdd"}``, ``{"variant": "d4m"}``).
         stage: the pipeline stage that runs it.
-        needs: stage outputs it reads besides the dataset (``latents``, ``vae``).
+        needs: stage outputs it always reads besides the dataset (``latents``, ``vae``).
+        needs_if: ``config -> extra stage outputs`` a given config reads too (e.g. DDOQ's ``denoiser`` when its
+            ``pushforward`` is set); :meth:`needs_for` is the union.
         class_groups: a run can be split per class group and merged into the same set.
         metrics: ``SyntheticSet -> {name: number}``, extra stage metrics of a set (e.g. DDOQ's W2).
     """
@@ -71,6 +76,11 @@ class Method:
     needs: frozenset[str] = frozenset()
     class_groups: bool = False
     metrics: Callable[[SyntheticSet], dict[str, float | int]] | None = None
+    needs_if: Callable[[Any], frozenset[str]] | None = None
+
+    def needs_for(self, config: StageConfig) -> frozenset[str]:
+        """The stage outputs this method reads (besides the dataset) when run with ``config``."""
+        return self.needs | (self.needs_if(config) if self.needs_if is not None else frozenset())
 
     def config(self, entry: Mapping[str, Any], *, ipc: int, seed: int, where: str) -> StageConfig:
         """The typed config of this method at ``ipc``: the run's ``seed`` unless ``entry`` sets one."""
@@ -135,7 +145,12 @@ def _quantize(inputs: MethodInputs, cfg: Any) -> SyntheticSet:
     if inputs.artifact is None or inputs.latents is None or inputs.vae is None:
         raise ConfigError(f"{cfg.variant} needs the dataset artifact, the latents and the VAE folder; "
                           "run it through the pipeline, which passes them")
-    return distill_from_latents(inputs.artifact, inputs.latents, inputs.vae, cfg, device=inputs.device)
+    return distill_from_latents(inputs.artifact, inputs.latents, inputs.vae, cfg, device=inputs.device,
+                                denoiser_dir=inputs.denoiser)
+
+
+def _pushforward_needs(cfg: Any) -> frozenset[str]:
+    return frozenset({"denoiser"}) if getattr(cfg, "pushforward", None) is not None else frozenset()
 
 
 def _latent_metrics(sset: SyntheticSet) -> dict[str, float | int]:
@@ -155,7 +170,7 @@ def _register_builtins() -> None:
         register(Method(name, BaselineConfig, _select, fields={"method": name}))
     for name in ("ddoq", "d4m"):
         register(Method(name, DDOQConfig, _quantize, fields={"variant": name}, needs=frozenset({"latents", "vae"}),
-                        metrics=_latent_metrics))
+                        metrics=_latent_metrics, needs_if=_pushforward_needs))
 
 
 _register_builtins()

@@ -4,7 +4,7 @@ Two schemes, both sha256 of a ``:``-joined text and both stable across platforms
 keeps its exact bits, because recorded artifacts were drawn from them:
 
 - :func:`derive_seed` ``(seed, *tags)``: the top 63 bits of the first 8 bytes (little-endian, ``>> 1``).
-  Used for named roles: ``shuffle``/``augment`` of an evaluation run, the VAE's data order and noise,
+  Used for named roles: ``shuffle``/``augment`` of an evaluation run, the VAE's and the denoiser's data order and noise,
   k-means per class, pushforward draws, W2 subsamples.
 - :func:`iteration_seed` ``(seed, iteration, role)``: the low 63 bits of the same 8 bytes (``& (2^63-1)``).
   Used by the distillation loops, which draw everything of iteration ``i`` from it

@@ -15,6 +15,7 @@ from ddcore.data.ingest import IngestConfig
 from ddcore.errors import ConfigError
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.teacher import TeacherConfig
+from ddcore.latent.denoiser import DenoiserConfig
 from ddcore.latent.vae import VAEConfig
 from ddcore.methods import get_method
 from ddcore.prune.core import PruneConfig
@@ -75,6 +76,8 @@ class RunConfig(StageConfig):
     soft_labels: SoftLabelConfig | None = None
     vae: VAEConfig = VAEConfig()
     encode: EncodeConfig = EncodeConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    """The pushforward's UNet (stage ``train_denoiser``); trained only when a method sets ``pushforward``."""
     evaluation: EvalConfig = EvalConfig()
     random_baseline: bool = True
     class_groups: int = Field(1, ge=1)
@@ -95,12 +98,24 @@ class RunConfig(StageConfig):
                 if name not in self.methods:
                     raise ConfigError(f"'{name}' is listed for pruning or soft labels but not under methods; "
                                       "add it there")
+        for name, ipc in self.method_runs():  # each method entry validated once per IPC into its typed config
+            self.method_config(name, ipc)
+        return self
+
+    def method_runs(self) -> list[tuple[str, int]]:
+        """Every ``(method, IPC)`` the run distils: each method at each IPC, plus the larger IPCs post-pruning
+        distils from."""
         wanted = [(name, ipc) for ipc in self.ipcs for name in self.methods]
         if self.prune is not None:
             wanted += [(name, self.post_prune_ipc(ipc)) for ipc in self.ipcs for name in self.prune.methods]
-        for name, ipc in wanted:  # each method entry validated once per IPC into its typed config
-            self.method_config(name, ipc)
-        return self
+        return list(dict.fromkeys(wanted))
+
+    def method_needs(self) -> frozenset[str]:
+        """The stage outputs (``latents``, ``vae``, ``denoiser``) some planned method config reads."""
+        out: frozenset[str] = frozenset()
+        for name, ipc in self.method_runs():
+            out |= get_method(name).needs_for(self.method_config(name, ipc))
+        return out
 
     def method_config(self, name: str, ipc: int) -> StageConfig:
         """The typed stage config of method ``name`` at ``ipc`` (the top-level seed unless the entry sets one),

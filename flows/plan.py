@@ -8,7 +8,7 @@ submission order, every input before its consumer. Nothing here runs a stage: th
 (``flows/plan_view.py``) are executors or readers of the same :class:`Plan`. This module imports neither
 Prefect nor MLflow.
 
-Placement: ``flow`` nodes (ingest, core set, VAE, latents, teacher, report) run one after another on the
+Placement: ``flow`` nodes (ingest, core set, VAE, latents, denoiser, teacher, report) run one after another on the
 run's device; ``branch`` nodes (distillation, pruning, evaluation rounds) go to the task runner, each on
 the next visible GPU; ``cpu`` nodes (the small aggregates) go to the task runner on the CPU.
 """
@@ -45,8 +45,10 @@ STAGES = tuple(STAGE_MODULES)
 #: ``--force <aggregate>`` also recomputes its rounds (the rounds are the real work).
 FORCE_ALSO = {"evaluate": "evaluate_round", "baseline": "baseline_round"}
 
-INGEST, FEATURES, VAE, LATENTS, TEACHER, REPORT = ("ingest", "extract_features", "train_vae", "encode_latents",
-                                                   "train_teacher", "report")
+INGEST, FEATURES, VAE, LATENTS, DENOISER, TEACHER, REPORT = (
+    "ingest", "extract_features", "train_vae", "encode_latents", "train_denoiser", "train_teacher", "report")
+#: a method's needed input (``Method.needs_for``) -> the node that makes it
+NEED_NODES = {"latents": LATENTS, "vae": VAE, "denoiser": DENOISER}
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,12 @@ def build_plan(cfg: RunConfig, *, num_classes: int | None) -> Plan:
     b.add(Node(INGEST, INGEST, cfg.data, {}, "flow"))
     if cfg.core_set is not None and cfg.core_set.methods:
         b.add(Node(FEATURES, FEATURES, cfg.prune_config(cfg.core_set), {"dataset": INGEST}, "flow"))
-    if any("latents" in get_method(m).needs for m in cfg.methods):
+    needs = cfg.method_needs()
+    if needs & {"latents", "vae", "denoiser"}:
         b.add(Node(VAE, VAE, cfg.vae, {"dataset": INGEST}, "flow"))
         b.add(Node(LATENTS, LATENTS, cfg.encode, {"dataset": INGEST, "vae": VAE}, "flow"))
+    if "denoiser" in needs:
+        b.add(Node(DENOISER, DENOISER, cfg.denoiser, {"latents": LATENTS}, "flow"))
     teacher = None
     if cfg.soft_labels is not None and cfg.soft_labels.methods:
         teacher = b.add(Node(TEACHER, TEACHER, cfg.soft_labels.teacher, {"dataset": INGEST}, "flow"))
@@ -160,7 +165,7 @@ def build_plan(cfg: RunConfig, *, num_classes: int | None) -> Plan:
         inputs = {"dataset": INGEST}
         if cfg.core_set is not None and name in cfg.core_set.methods:
             inputs["features"] = FEATURES
-        inputs.update({need: {"latents": LATENTS, "vae": VAE}[need] for need in sorted(method.needs)})
+        inputs.update({need: NEED_NODES[need] for need in sorted(method.needs_for(mcfg))})
         label = f"distill/{name}/ipc{ipc}"
         if cfg.class_groups == 1 or not method.class_groups or num_classes is None:
             return b.add(Node(label, method.stage, mcfg, inputs))

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 #: stage name -> module that declares it
 STAGE_MODULES = {
     "ingest": "tasks.ingest", "extract_features": "tasks.features", "train_vae": "tasks.latents",
-    "encode_latents": "tasks.latents", "train_teacher": "tasks.teacher", "distill": "tasks.distill",
+    "encode_latents": "tasks.latents", "train_denoiser": "tasks.denoiser", "train_teacher": "tasks.teacher",
+    "distill": "tasks.distill",
     "merge": "tasks.merge", "prune": "tasks.prune", "evaluate_round": "tasks.evaluate", "evaluate": "tasks.evaluate",
     "baseline_round": "tasks.evaluate", "baseline": "tasks.evaluate", "report": "tasks.report",
 }

@@ -3,7 +3,8 @@
 The config names its method (``ddcore.methods.method_of``); the method's entry point gets the train split
 (restricted to the hyperbolic core set by an optional ``features`` input), the device, a checkpoint folder
 it resumes from after a crash, a progress callback and, for the latent methods, the ``latents`` and ``vae``
-inputs. The stage saves the set with its lineage in the manifest and logs its image grid.
+inputs (and ``denoiser`` when the config asks for the pushforward: ``Method.needs_for``). The stage saves the
+set with its lineage in the manifest and logs its image grid.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
     method = method_of(config)
     art = open_artifact(inputs["dataset"].uri)
     keep = load_keep(inputs["features"].uri) if "features" in inputs else None
-    given = {need: inputs[need].uri for need in method.needs}
+    needs = sorted(method.needs_for(config))
+    given = {need: inputs[need].uri for need in needs}
     sset = method.run(MethodInputs(ArtifactSampler(art, "train", keep=keep), art, ctx.device, ctx.local_checkpoint_dir,
                                    lambda it, m: ctx.log_metrics(it, m), **given), config)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
     part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""
     source = {"kind": "distill", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest,
-              **{f"{need}_digest": inputs[need].sha256 for need in sorted(method.needs)}}
+              **{f"{need}_digest": inputs[need].sha256 for need in needs}}
     publish_synthetic(sset, out, f"{art.meta.name}-{sset.method}-ipc{config.ipc}{part}", art.meta.classes,  # type: ignore[attr-defined]
                       source, ctx)
     hist = sset.extra.get("loss_history") or [[0, 0.0]]

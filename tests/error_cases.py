@@ -135,6 +135,22 @@ def _load_teacher(folder: Path) -> Any:
     return load_teacher(str(folder))
 
 
+def _broken_denoiser(tmp: Path) -> Any:
+    """A denoiser folder (tiny UNet + DDIM) whose UNet weights are cut in half, then loaded."""
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from ddcore.latent.pushforward import load_denoiser, save_denoiser
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=4, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
+    save_denoiser(tmp / "denoiser", unet, DDIMScheduler(num_train_timesteps=10))
+    weights = tmp / "denoiser" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return load_denoiser(tmp / "denoiser")
+
+
 def _vae_folder(tmp: Path, class_name: str, weights: bytes | None) -> str:
     folder = tmp / "vae"
     folder.mkdir()
@@ -349,6 +365,7 @@ CASES: dict[str, CaseFn] = {
     "runner-serve": lambda t, f: Case(args=["serve", run_config(t, f), "--interval", "60"], context=_no_prefect_api),
     "runner-ray-api": lambda t, f: Case(args=["run", run_config(t, f, "methods: {random: {}}\nrunner: {kind: ray}")],
                                         env={"PREFECT_API_URL": ""}),
+    "weights-denoiser": lambda t, f: Case(call=lambda: _broken_denoiser(t)),
     "weights-teacher-missing": lambda t, f: Case(call=lambda: _load_teacher(t / "no-teacher")),
     "runner-ray-gpus": lambda t, f: Case(call=lambda: _fake_ray(cpus=2.0, gpus=0.0)),
     "runner-lock-timeout": lambda t, f: Case(call=lambda: _lock_timeout(t)),

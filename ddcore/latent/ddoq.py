@@ -19,14 +19,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.kmeans import cell_counts, cell_masses, minibatch_kmeans
+from ddcore.latent.pushforward import PushforwardOptions
 from ddcore.latent.vae import decode
 from ddcore.seeding import derive_seed
 from ddcore.synthetic import SyntheticSet
@@ -39,7 +40,13 @@ LatentBatches = Callable[[], Iterable[torch.Tensor]]
 
 class DDOQConfig(StageConfig):
     """Per-class quantization settings. ``batch_size=None`` is D4M's ``km_expand * ipc`` with
-    ``km_expand = 1``; ``iters=None`` is one pass over the class stream (D4M's partial_fit loop)."""
+    ``km_expand = 1``; ``iters=None`` is one pass over the class stream (D4M's partial_fit loop).
+
+    ``pushforward``: decode the centroids through img2img with the run's denoiser (stage ``train_denoiser``)
+    instead of plain VAE decoding (D4M as published: centroids -> img2img -> decode); ``None`` (default) is
+    plain decoding. Its ``seed`` defaults to this config's. An unset ``pushforward`` is left out of the dump,
+    so configs (and digests) without it are those of earlier versions.
+    """
 
     ipc: int = Field(10, ge=1)
     iters: int | None = Field(None, ge=1)
@@ -55,6 +62,20 @@ class DDOQConfig(StageConfig):
     assign_chunk: int = Field(4096, ge=1)
     decode_batch: int = Field(64, ge=1)
     seed: int = 0
+    pushforward: PushforwardOptions | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_pushforward(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("pushforward", 0) is None:
+            del data["pushforward"]
+        return data
+
+    @property
+    def pushforward_seed(self) -> int:
+        """The seed of the pushforward's noise: ``pushforward.seed``, else :attr:`seed`."""
+        pf = self.pushforward
+        return self.seed if pf is None or pf.seed is None else pf.seed
 
 
 class ClassQuantizer(NamedTuple):

@@ -1,9 +1,10 @@
-"""DDOQ / D4M as a method: per-class quantization of an encoded latent artifact, decoded into a weighted set,
-with the W2 of the weighted and the uniform quantizer measured on the same centroids.
+"""DDOQ / D4M as a method: per-class quantization of an encoded latent artifact, decoded into a weighted set
+(directly, or through the img2img pushforward with the run's denoiser), with the W2 of the weighted and the
+uniform quantizer measured on the same centroids.
 
 :func:`distill_from_latents` is the entry point the method registry calls (``ddcore.methods``); it reads a
-latent artifact and a VAE folder made by the pipeline's ``encode_latents`` / ``train_vae`` stages and
-refuses a pair that does not belong to the dataset.
+latent artifact, a VAE folder and (with ``cfg.pushforward``) a denoiser folder made by the pipeline's
+``encode_latents`` / ``train_vae`` / ``train_denoiser`` stages and refuses ones that do not belong together.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 import torch
 
 from ddcore.data.artifact import DatasetArtifact
-from ddcore.errors import ArtifactError
+from ddcore.errors import ArtifactError, ConfigError
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.folders import folder_digest
 from ddcore.latent.kmeans import cell_masses, w2_uniform, w2_weighted
+from ddcore.latent.pushforward import Pushforward, load_pushforward, read_training_record
 from ddcore.latent.reader import latents_by_class, open_latents
 from ddcore.latent.vae import load_pretrained_vae
 from ddcore.seeding import derive_seed
@@ -51,9 +53,36 @@ def w2_report(lat: Any, c: int, centroids: torch.Tensor, masses: torch.Tensor, *
             "reduction": 1.0 - wd / ud if ud > 0 else 0.0}
 
 
+def pushforward_for(lat: Any, denoiser_dir: str | Path | None, vae: Any, cfg: DDOQConfig, *,
+                    image_size: tuple[int, int], channels: int,
+                    device: str | torch.device = "cpu") -> tuple[Pushforward, dict[str, Any]]:
+    """The img2img pushforward of ``cfg.pushforward`` on the denoiser folder ``denoiser_dir`` and what the set
+    records about it (settings, resolved seed, noise-seed rule, denoiser digest and scheduler).
+
+    Raises:
+        ConfigError: no denoiser folder was given.
+        ArtifactError: the folder's ``training.json`` names other latents than ``lat``.
+    """
+    opts = cfg.pushforward
+    assert opts is not None
+    if denoiser_dir is None:
+        raise ConfigError(f"{cfg.variant}.pushforward needs a denoiser folder; run it through the pipeline (stage "
+                          "train_denoiser) or pass denoiser_dir")
+    record = read_training_record(denoiser_dir)
+    if record is not None and record.get("latents_digest") != lat.digest:
+        raise ArtifactError(f"denoiser at {denoiser_dir} was trained on other latents than {lat.uri}; train it on "
+                            "these latents (stage train_denoiser)")
+    pcfg = opts.with_path(denoiser_dir, seed=cfg.pushforward_seed)
+    pf = load_pushforward(pcfg, vae, image_size=image_size, channels=channels, device=device)
+    info = {**pcfg.model_dump(mode="json", exclude={"path"}), "denoiser_digest": folder_digest(denoiser_dir),
+            "scheduler": type(pf.model.scheduler).__name__, "class_conditional": pf.model.num_classes is not None,
+            "noise_seed": "derive_seed(seed, 'pushforward', labels of the call)"}
+    return pf, info
+
+
 def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae_dir: str | Path, cfg: DDOQConfig,
                          *, device: str | torch.device = "cpu", read_batch: int = 4096,
-                         w2_max_points: int = 2000) -> SyntheticSet:
+                         w2_max_points: int = 2000, denoiser_dir: str | Path | None = None) -> SyntheticSet:
     """DDOQ / D4M on the latents of ``artifact``'s train split.
 
     Checks that the latents were encoded from this dataset (digest) by this VAE folder (digest), runs
@@ -62,8 +91,15 @@ def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae
     and uniform (D4M) quantizers on the same centroids (:func:`w2_report`). ``extra["w2"]`` holds the
     per-class reports and their means, ``extra["kmeans_seconds"]`` the quantization time per class.
 
+    With ``cfg.pushforward`` the centroids go through img2img with the denoiser folder ``denoiser_dir`` (made by
+    the ``train_denoiser`` stage on these latents) before decoding; ``extra["pushforward"]`` records the
+    settings, the resolved seed and the denoiser's digest (:func:`pushforward_for`), ``seeds["pushforward"]``
+    the seed.
+
     Raises:
-        ArtifactError: the latents belong to another dataset or another VAE (one line naming the fix).
+        ArtifactError: the latents belong to another dataset or another VAE, or the denoiser to other latents
+            (one line naming the fix).
+        ConfigError: ``cfg.pushforward`` is set but no ``denoiser_dir`` was given.
     """
     lat = open_latents(latents_uri)
     if lat.meta.source.get("digest") != artifact.digest:
@@ -74,9 +110,12 @@ def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae
                             "re-encode with this VAE")
     vae = load_pretrained_vae(vae_dir).to(device).eval()
     c, h, w = artifact.meta.image_shape
+    pf, pf_info = None, None
+    if cfg.pushforward is not None:
+        pf, pf_info = pushforward_for(lat, denoiser_dir, vae, cfg, image_size=(h, w), channels=c, device=device)
     res = distill_ddoq(lambda k: latents_by_class(lat, k, read_batch, device=device), vae, cfg,
                        num_classes=artifact.meta.num_classes, mean=tuple(artifact.meta.mean),
-                       std=tuple(artifact.meta.std), image_size=(h, w))
+                       std=tuple(artifact.meta.std), image_size=(h, w), pushforward=pf)
     sset = res.synthetic
     reports = [w2_report(lat, k, res.centroids[k], cell_masses(torch.tensor(sset.extra["cell_counts"][k])),
                          max_points=w2_max_points, seed=cfg.seed) for k in range(artifact.meta.num_classes)]
@@ -87,4 +126,6 @@ def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae
         "note": "W2 in scaled-latent units; reduction = 1 - W2_weighted / W2_uniform on the same centroids",
     }
     sset.extra["kmeans_seconds"] = res.quantize_seconds
+    if pf_info is not None:
+        sset.extra["pushforward"] = pf_info
     return sset

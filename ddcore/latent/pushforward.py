@@ -13,24 +13,32 @@ Supported: ``diffusers.UNet2DModel`` only, unconditional or class-conditional th
 ``num_class_embeds``. Class-conditional convention: ``num_class_embeds = num_classes + 1`` and index
 ``num_classes`` is the null ("unconditional") class used by guidance; the UNet must have been trained
 with label dropout to that index for guidance to be meaningful. Schedulers: DDIM, DDPM,
-EulerDiscrete, DPMSolverMultistep. The latent height/width must be divisible by the UNet's
-downsampling factor ``2 ** (len(block_out_channels) - 1)``.
+EulerDiscrete, DPMSolverMultistep.
+
+Latent sizes: a UNet with ``n`` blocks downsamples by ``f = 2 ** (n - 1)``. Latents whose height or width is
+not a multiple of ``f`` (e.g. ``7 x 7`` from a 28 px image) are replicate-padded, centred, up to the next
+multiple (:func:`pad_to_factor`); the diffusion runs on the padded latents and the result is centre-cropped
+back (:func:`crop_to`). :func:`ddcore.latent.denoiser.train_denoiser` pads its training latents the same
+way, so the UNet sees the same borders in training and in img2img.
 
 Folder layout (written by :func:`save_denoiser`, read by :func:`load_denoiser`, never from the hub)::
 
     folder/unet/{config.json, diffusion_pytorch_model.safetensors}
     folder/scheduler/scheduler_config.json
     folder/vae/...            (optional; otherwise the caller's VAE is used)
+    folder/training.json      (optional; written by the train_denoiser stage: config, latents digest, losses)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from ddcore.config import StageConfig
@@ -43,17 +51,33 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DModel
 
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
+TRAINING_RECORD = "training.json"
+RETRAIN = "train it again (ddflow run CONFIG --force train_denoiser) or re-save it with save_denoiser"
 
 
-class PushforwardConfig(StageConfig):
-    """img2img settings; defaults are D4M's (strength 0.7, guidance 8, 50 steps)."""
+class PushforwardOptions(StageConfig):
+    """img2img settings without the folder (the ``pushforward`` section of a DDOQ / D4M config; the pipeline
+    supplies the denoiser folder). Defaults are D4M's (strength 0.7, guidance 8, 50 steps). ``seed=None``:
+    the owning config's seed (:meth:`with_path` resolves it)."""
 
-    path: str
     strength: float = Field(0.7, ge=0.0, le=1.0)
     guidance: float = Field(8.0, ge=0.0)
     steps: int = Field(50, ge=1)
-    seed: int = 0
+    seed: int | None = None
     batch_size: int = Field(16, ge=1)
+
+    def with_path(self, path: str | Path, *, seed: int = 0) -> PushforwardConfig:
+        """These settings on the denoiser folder ``path``; ``seed`` is used when :attr:`seed` is ``None``."""
+        data = self.model_dump()
+        data["seed"] = seed if self.seed is None else self.seed
+        return PushforwardConfig(path=str(path), **data)
+
+
+class PushforwardConfig(PushforwardOptions):
+    """:class:`PushforwardOptions` on a local denoiser folder ``path`` (direct library use)."""
+
+    path: str
+    seed: int = 0
 
 
 @dataclass
@@ -71,35 +95,56 @@ class LatentDenoiser:
 
 
 def save_denoiser(
-    folder: str | Path, unet: UNet2DModel, scheduler: Any, vae: AutoencoderKL | None = None
+    folder: str | Path, unet: UNet2DModel, scheduler: Any, vae: AutoencoderKL | None = None,
+    *, record: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write the folder layout above atomically; returns its sha256 digest."""
+    """Write the folder layout above atomically (``record``, if given, as ``training.json``); returns its
+    sha256 digest (:func:`ddcore.latent.folders.folder_digest`)."""
 
     def write(tmp: Path) -> None:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         if vae is not None:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        if record is not None:
+            (tmp / TRAINING_RECORD).write_text(json.dumps(dict(record), indent=2, sort_keys=True))
 
     return save_folder_atomic(folder, write)
 
 
+def read_training_record(path: str | Path) -> dict[str, Any] | None:
+    """``training.json`` of a denoiser folder, or ``None`` when it has none (a hand-made folder)."""
+    f = Path(path).expanduser() / TRAINING_RECORD
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        raise WeightsError(f"denoiser folder {Path(path)} has an unreadable {TRAINING_RECORD}; {RETRAIN}") from None
+    if not isinstance(rec, dict):
+        raise WeightsError(f"denoiser folder {Path(path)} has an unreadable {TRAINING_RECORD}; {RETRAIN}")
+    return rec
+
+
 def load_denoiser(path: str | Path) -> LatentDenoiser:
-    """Load :class:`LatentDenoiser` from a local folder; anything missing/corrupt is a WeightsError."""
+    """Load :class:`LatentDenoiser` from a local folder. A missing folder, or a missing / corrupt UNet,
+    scheduler or VAE, is one :class:`WeightsError` line naming the folder and the fix."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise WeightsError(
-            f"pushforward folder not found: {root}; pass a local folder written by save_denoiser"
-        )
+        raise WeightsError(f"denoiser folder not found: {root}; run the train_denoiser stage or pass a local folder "
+                           "written by save_denoiser")
     d = import_diffusers()
-    unet = load_model_folder(d.UNet2DModel, root / "unet", what="pushforward UNet")
+    try:
+        unet = load_model_folder(d.UNet2DModel, root / "unet", what="denoiser UNet")
+    except WeightsError as exc:
+        raise WeightsError(f"denoiser folder {root} is unusable: {str(exc).split('; ')[0]}; {RETRAIN}") from None
     sched_file = root / "scheduler" / "scheduler_config.json"
     try:
         conf = json.loads(sched_file.read_text())
         name = conf["_class_name"]
     except (OSError, ValueError, KeyError, TypeError):
         raise WeightsError(
-            f"scheduler config {sched_file} is missing or unreadable; re-export the folder"
+            f"denoiser folder {root} is unusable: scheduler config {sched_file} is missing or unreadable; {RETRAIN}"
         ) from None
     if name not in SCHEDULERS:
         raise WeightsError(
@@ -108,7 +153,10 @@ def load_denoiser(path: str | Path) -> LatentDenoiser:
     scheduler = getattr(d, name).from_config(conf)
     vae = None
     if (root / "vae").exists():
-        vae = load_model_folder(d.AutoencoderKL, root / "vae", what="pushforward VAE")
+        try:
+            vae = load_model_folder(d.AutoencoderKL, root / "vae", what="denoiser VAE")
+        except WeightsError as exc:
+            raise WeightsError(f"denoiser folder {root} is unusable: {str(exc).split('; ')[0]}; {RETRAIN}") from None
     n_emb = unet.config.num_class_embeds
     if unet.config.class_embed_type is not None:
         raise WeightsError(
@@ -116,6 +164,21 @@ def load_denoiser(path: str | Path) -> LatentDenoiser:
             "num_class_embeds conditioning is supported"
         )
     return LatentDenoiser(unet, scheduler, vae, None if n_emb is None else int(n_emb) - 1)
+
+
+def pad_to_factor(z: torch.Tensor, factor: int) -> torch.Tensor:
+    """Replicate-pad latents ``[B, c, h, w]`` (centred: the extra row/column goes bottom/right) so that
+    height and width are multiples of ``factor``; returned as is when they already are."""
+    ph, pw = (-z.shape[2]) % factor, (-z.shape[3]) % factor
+    if not (ph or pw):
+        return z
+    return F.pad(z, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+
+
+def crop_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop ``[B, c, H, W]`` to ``size = (h, w)`` (undoes :func:`pad_to_factor`)."""
+    top, left = (z.shape[2] - size[0]) // 2, (z.shape[3] - size[1]) // 2
+    return z[:, :, top : top + size[0], left : left + size[1]]
 
 
 def img2img_latents(
@@ -130,19 +193,16 @@ def img2img_latents(
 ) -> torch.Tensor:
     """Noise scaled latents ``z0 [B, c, h, w]`` to the strength-implied timestep and denoise them.
 
-    ``labels`` int64 ``[B]`` are required for a class-conditional UNet and ignored otherwise. Returns
-    latents of the same shape (float32). ``strength=0`` returns ``z0`` unchanged.
+    ``labels`` int64 ``[B]`` are required for a class-conditional UNet and ignored otherwise. Latents whose
+    size is not a multiple of the UNet's factor are padded for the diffusion and cropped back (module doc).
+    Returns latents of the same shape (float32). ``strength=0`` (or fewer than one kept step) returns ``z0``
+    unchanged: no noise is drawn.
     """
     unet = model.unet
     if z0.shape[1] != unet.config.in_channels:
         raise DataError(
             f"latents have {z0.shape[1]} channels, UNet expects {unet.config.in_channels}; "
             "use the VAE the UNet was trained with"
-        )
-    if z0.shape[2] % model.factor or z0.shape[3] % model.factor:
-        raise DataError(
-            f"latent size {tuple(z0.shape[2:])} is not divisible by the UNet factor {model.factor}; "
-            "use a UNet with fewer down blocks"
         )
     p = next(unet.parameters())
     sched = type(model.scheduler).from_config(model.scheduler.config)
@@ -152,6 +212,8 @@ def img2img_latents(
     z = z0.to(device=p.device, dtype=p.dtype)
     if len(timesteps) == 0:
         return z.float()
+    size = (z.shape[2], z.shape[3])
+    z = pad_to_factor(z, model.factor)
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(t_start * sched.order)
     noise = torch.randn(z.shape, generator=generator, device=generator.device, dtype=torch.float32)
@@ -173,7 +235,7 @@ def img2img_latents(
             else:
                 eps = unet(inp, t, class_labels=labels if cond else None).sample
             z = sched.step(eps, t, z, generator=generator).prev_sample
-    return z.float()
+    return crop_to(z, size).float()
 
 
 @dataclass
@@ -214,9 +276,14 @@ def load_pushforward(
     *,
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> Pushforward:
-    """Load ``cfg.path`` (see layout above); the folder's own VAE wins over ``vae`` if present."""
+    """Load ``cfg.path`` (see layout above) onto ``device`` in eval mode; the folder's own VAE wins over
+    ``vae`` if present."""
     model = load_denoiser(cfg.path)
+    model.unet.to(device).eval()
+    if model.vae is not None:
+        model.vae.to(device).eval()
     dec = model.vae if model.vae is not None else vae
     if dec is None:
         raise WeightsError(f"pushforward folder {cfg.path} has no vae/ and no VAE was passed; pass the VAE")
