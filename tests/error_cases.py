@@ -329,6 +329,7 @@ CASES: dict[str, CaseFn] = {
     "data-class-empty": lambda t, f: _npz_run(t, f, "[a, b, c, d]"),
     "data-corrupt-tar": lambda t, f: (p := _shards(t)).write_bytes(p.read_bytes()[:3000]) and Case(
         args=["ingest", str(p), "--out", str(t / "out")]),
+    "data-pipe-url": lambda t, f: Case(args=["ingest", f"pipe:cat {_shards(t)}", "--out", str(t / "out")]),
     "data-pickle-member": lambda t, f: Case(args=["ingest", str(_shards(t, pyd=b"\x80\x04K\x01.")), "--out",
                                                   str(t / "out")]),
     "data-npz-pickle": lambda t, f: Case(args=["ingest", _npz(t, x=np.array([object()], dtype=object)), "--out",

@@ -82,6 +82,22 @@ def test_unknown_or_pickle_like_shard_members_are_refused(member: str, tmp_path:
     assert leftovers(tmp_path, "out") == [] and not marker.exists()
 
 
+def test_pipe_urls_run_nothing_without_the_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``pipe:`` shard URL is a shell command: ``ddflow ingest`` refuses it with one line naming the opt-in
+    and runs nothing; with ``DDFLOW_ALLOW_PIPE=1`` the same URL is read like the shard it pipes."""
+    marker = tmp_path / "pwned"
+    tar = _shard(tmp_path / "src" / "s.tar", _samples())
+    url = f"pipe:touch {marker} && cat {tar}"
+    monkeypatch.delenv("DDFLOW_ALLOW_PIPE", raising=False)
+    msg = _one_error(runner.invoke(app, ["ingest", url, "--out", str(tmp_path / "out")]))
+    assert "runs a shell command" in msg and "DDFLOW_ALLOW_PIPE=1" in msg
+    assert not marker.exists() and leftovers(tmp_path, "out") == []
+    monkeypatch.setenv("DDFLOW_ALLOW_PIPE", "1")
+    result = runner.invoke(app, ["ingest", url, "--out", str(tmp_path / "out2"), "--test-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert marker.exists()
+
+
 def test_artifact_reader_decodes_known_fields_only(tmp_path: Path) -> None:
     """The reader's decoder refuses unknown fields and .npy members that need pickle (object arrays)."""
     marker = tmp_path / "pwned"

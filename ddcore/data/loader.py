@@ -19,6 +19,7 @@ import webdataset as wds
 
 from ddcore.data.artifact import DatasetArtifact, normalize_uint8
 from ddcore.data.codec import decode_sample
+from ddcore.data.sources.shards import check_url_allowed
 
 #: Cache a class decoded in memory when the split has at most this many pixels (~1.5 GB as float32).
 CACHE_MAX_PIXELS = 400_000_000
@@ -104,7 +105,7 @@ def stream(
     With ``shuffle_seed`` set, shard order and samples (within ``shuffle_buffer``) are shuffled
     deterministically for that seed; without it, samples come in stored order.
     """
-    urls = artifact.shard_urls(split)
+    urls = [check_url_allowed(u) for u in artifact.shard_urls(split)]
     shuffle = shuffle_seed is not None
     ds = wds.WebDataset(
         urls,

@@ -1,7 +1,13 @@
-"""Existing WebDataset shards from any URL webdataset understands (local, ``pipe:``, fsspec)."""
+"""Existing WebDataset shards from any URL webdataset understands (local, fsspec, and ``pipe:`` on opt-in).
+
+A ``pipe:`` URL is a shell command webdataset runs to obtain the bytes. A config that others may edit (a
+scheduled deployment's) must not be able to run commands, so ``pipe:`` URLs are refused unless the
+environment variable ``DDFLOW_ALLOW_PIPE=1`` is set by whoever starts the process.
+"""
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +22,22 @@ from ddcore.errors import DataError
 IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
 LABEL_FIELDS = ("cls", "label")
 SAFE_EXTRA = frozenset({"json", "txt", "cls", "label", *IMAGE_FIELDS})
+
+
+ALLOW_PIPE_ENV = "DDFLOW_ALLOW_PIPE"
+
+
+def check_url_allowed(url: str) -> str:
+    """``url`` unchanged, unless it is a ``pipe:`` command and ``DDFLOW_ALLOW_PIPE=1`` is not set.
+
+    Raises:
+        DataError: one line naming the URL and the opt-in.
+    """
+    if str(url).lstrip().lower().startswith("pipe:") and os.environ.get(ALLOW_PIPE_ENV) != "1":
+        shown = url if len(url) <= 60 else url[:57] + "..."
+        raise DataError(f"shard URL {shown!r} runs a shell command; refused unless you opt in with "
+                        f"{ALLOW_PIPE_ENV}=1 in the environment (only for configs you trust)")
+    return url
 
 
 class ShardSource:
@@ -34,6 +56,8 @@ class ShardSource:
     def __init__(self, urls: dict[str, str], *, classes: list[str] | None = None, name: str = "webdataset") -> None:
         if not urls:
             raise DataError("webdataset source needs urls: {train: <url>, ...}")
+        for url in urls.values():
+            check_url_allowed(url)
         self.urls, self.name = dict(urls), name
         first = next(self._raw(next(iter(self.urls.values()))))
         img = decode_png(first[_image_field(first)])
