@@ -21,9 +21,10 @@ T = TypeVar("T", bound="StageConfig")
 
 
 class StageConfig(BaseModel):
-    """Base of every stage config: frozen, strict about unknown keys, hashable to a digest."""
+    """Base of every stage config: frozen, strict about unknown keys, no infinite or NaN numbers, hashable to a
+    digest."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
     def canonical_json(self) -> str:
         """JSON with sorted keys and no whitespace; stable across runs and machines."""

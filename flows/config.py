@@ -67,7 +67,7 @@ class RunConfig(StageConfig):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under runs/: no "..", no "/"
     seed: int = 0
     device: str = "auto"
-    ipcs: list[int] = [10]
+    ipcs: list[int] = Field([10], min_length=1)
     data: IngestConfig
     methods: dict[str, dict[str, Any]] = {}
     """Method name (a key of the registry, :mod:`ddcore.methods`) -> overrides of its typed config."""

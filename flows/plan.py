@@ -135,6 +135,9 @@ def build_plan(cfg: RunConfig, *, num_classes: int | None) -> Plan:
     baseline of its own IPC; the directly distilled row when that IPC is also in ``ipcs``). Methods listed
     under ``soft_labels`` are also evaluated under the teacher (rows ``<label>+soft``).
     """
+    if num_classes is not None and cfg.class_groups > num_classes:
+        raise ConfigError(f"class_groups: {cfg.class_groups} groups for {num_classes} classes; use at most "
+                          f"{num_classes} (one class per group)")
     b = _Builder()
     b.add(Node(INGEST, INGEST, cfg.data, {}, "flow"))
     if cfg.core_set is not None and cfg.core_set.methods:

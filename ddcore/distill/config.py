@@ -108,7 +108,7 @@ class DistillConfig(StageConfig, NamesNetwork):
 
     method: Literal["dm", "hdd", "ncfm"]
     ipc: int = Field(10, ge=1)
-    iterations: int = Field(20000, ge=0)
+    iterations: int = Field(20000, ge=1)
     network: str = "convnet"
     width: int = Field(128, ge=1)
     depth: int | None = None
