@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,26 +96,48 @@ def _as_nhwc_uint8(x: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _labels(y: np.ndarray, what: str) -> np.ndarray:
+    """Labels as int64 ``[N]``: integer arrays, or floats holding whole numbers; refused otherwise."""
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
+        raise DataError(f"{what}: labels must be integers, got dtype {y.dtype}; store class indices")
+    if y.dtype.kind == "f" and (not np.isfinite(y).all() or (y != np.round(y)).any()):
+        bad = y[~np.isfinite(y) | (y != np.round(y))][0]
+        raise DataError(f"{what}: labels must be whole class indices, got {bad}; store integer labels")
+    if y.size and (y.min() < 0 or y.max() >= 2**31):
+        raise DataError(f"{what}: label {int(y.min() if y.min() < 0 else y.max())} is out of range "
+                        "[0, 2^31); labels are class indices 0..K-1")
+    return y.astype(np.int64)
+
+
 def npz_source(path: str, *, test_fraction: float = 0.0, split_seed: int = 0,
                name: str | None = None, classes: list[str] | None = None) -> ArraySource:
     """``.npz`` with ``x``/``y`` (and optionally ``x_test``/``y_test``); no pickled objects allowed."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"npz file not found: {p}; check the path")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"{p} is not a readable .npz file (not a zip archive); save it with numpy.savez")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as exc:
         raise DataError(f"{p}: cannot read without pickle ({exc}); save plain numeric arrays") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{p} is not a readable .npz file ({type(exc).__name__}); save it with numpy.savez") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{p} must contain arrays 'x' and 'y' (found {sorted(arrays)})")
-    x, y = _as_nhwc_uint8(arrays["x"], str(p)), arrays["y"].astype(np.int64).reshape(-1)
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{p} has only one of 'x_test' and 'y_test'; store both or neither")
+    x, y = _as_nhwc_uint8(arrays["x"], str(p)), _labels(arrays["y"], f"{p} 'y'")
     if len(x) != len(y):
         raise DataError(f"{p}: {len(x)} images but {len(y)} labels")
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "x_test" in arrays:
-        splits = {"train": (x, y), "test": (_as_nhwc_uint8(arrays["x_test"], str(p)),
-                                            arrays["y_test"].astype(np.int64).reshape(-1))}
+        xt, yt = _as_nhwc_uint8(arrays["x_test"], str(p)), _labels(arrays["y_test"], f"{p} 'y_test'")
+        if len(xt) != len(yt):
+            raise DataError(f"{p}: {len(xt)} test images but {len(yt)} test labels; store one label per image")
+        splits = {"train": (x, y), "test": (xt, yt)}
     elif test_fraction > 0:
         mask = stratified_split(y, fraction=test_fraction, seed=split_seed)
         splits = {"train": (x[~mask], y[~mask]), "test": (x[mask], y[mask])}
