@@ -16,6 +16,7 @@ weighted loss ``mean_i w_i * loss_i`` has the same scale as the unweighted one (
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ def distill_ddoq(
         "weight_scale": cfg.weight_scale,
     }
     centroids, seconds = [], []
+    decoder = None
     for c in range(num_classes):
         seed_c = derive_seed(cfg.seed, "kmeans", c)
         seeds[f"kmeans_class_{c}"] = seed_c
@@ -210,7 +212,9 @@ def distill_ddoq(
         if pushforward is not None:
             pix = pushforward(q.centroids, lab)
         else:
-            pix = decode(vae, q.centroids, image_size=image_size, channels=c_out, chunk=cfg.decode_batch)
+            if decoder is None:  # float64 copy: decoded pixels then do not depend on the thread count
+                decoder = copy.deepcopy(vae).double()
+            pix = decode(decoder, q.centroids, image_size=image_size, channels=c_out, chunk=cfg.decode_batch)
         pix = pix.detach().float().cpu()
         if pix.shape[1] != c_out:
             raise DataError(

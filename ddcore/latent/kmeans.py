@@ -89,9 +89,13 @@ def rechunk(batches: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor
 
 
 def sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``[N, K]`` between rows of ``x [N, D]`` and ``c [K, D]``."""
-    d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
-    return d.clamp_min_(0.0)
+    """Squared Euclidean distances ``[N, K]`` between rows of ``x [N, D]`` and ``c [K, D]`` (dtype of ``x``).
+
+    Computed pair by pair (``torch.cdist`` without the matrix-multiply expansion), so every distance is
+    summed in the same order whatever the number of threads: a matrix product's blocking depends on the
+    thread count, which made k-means assignments (and so DDOQ/D4M sets) differ between runners.
+    """
+    return torch.cdist(x, c.to(x.dtype), compute_mode="donot_use_mm_for_euclid_dist").square_()
 
 
 def _uniform(generator: torch.Generator, n: int = 1) -> torch.Tensor:
