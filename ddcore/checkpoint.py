@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddcore.errors import ArtifactError
+from ddcore.errors import ArtifactError, ConfigError
 
 LOOP_CHECKPOINT = "loop.pt"
 """File name of a loop's state inside its checkpoint folder."""
@@ -48,6 +48,28 @@ def load_state(path: str | Path | None, *, what: str = "checkpoint") -> dict[str
         raise ArtifactError(f"{what} {path} is unreadable ({type(exc).__name__}); delete it to restart") from None
     if not isinstance(state, dict):
         raise ArtifactError(f"{what} {path} holds a {type(state).__name__}, not a state mapping; delete it to restart")
+    return state
+
+
+def resume_model(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, key: str, *,
+                 what: str, other: str) -> dict[str, Any] | None:
+    """Load a ``{"config_key", "model", "optim", ...}`` training state from ``path`` into ``model`` and
+    ``optimizer``; returns the state, or ``None`` when there is none.
+
+    Raises:
+        ConfigError: the state was written under another ``config_key`` (``other`` says what differed).
+        ArtifactError: the file or its tensors do not fit (one line naming ``what`` and the fix).
+    """
+    state = load_state(path, what=what)
+    if state is None:
+        return None
+    if state.get("config_key") != key:
+        raise ConfigError(f"{what} {path} was written with {other}; delete it or use another checkpoint_dir")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{what} {path} is unreadable ({type(exc).__name__}); delete it to restart") from None
     return state
 
 

@@ -29,7 +29,7 @@ from ddcore.latent.pushforward import (
     save_denoiser,
 )
 from ddcore.latent.reader import open_latents
-from ddcore.latent.vae import VAEConfig, build_vae, decode
+from ddcore.latent.vae import VAEConfig, build_vae, decode, float64_decoder
 from flows.config import RunConfig
 from flows.plan import STAGES, build_plan
 from flows.plan_view import node_states, to_mermaid
@@ -117,7 +117,8 @@ def test_training_is_seeded_and_resumes_to_the_same_weights(tmp_path: Path) -> N
 
 
 def test_pushforward_strength_zero_is_the_decoded_centroid(tmp_path: Path) -> None:
-    """At strength 0 the pushforward returns exactly decode(vae, centroid) (no noise, no UNet); at strength > 0
+    """At strength 0 the pushforward returns exactly the decoded centroid (no noise, no UNet; decoded in float64
+    like the plain DDOQ set); at strength > 0
     img2img on latents whose size is not a multiple of the UNet factor (7x7, factor 2) keeps their shape, is
     seeded, and changes them."""
     vae = build_vae(VAE_CFG, 1, 16).eval()
@@ -125,7 +126,7 @@ def test_pushforward_strength_zero_is_the_decoded_centroid(tmp_path: Path) -> No
     fit_denoiser((z, y), TINY.model_copy(update={"epochs": 1}), tmp_path / "d")
     pf = load_pushforward(PushforwardConfig(path=str(tmp_path / "d"), strength=0.0, steps=4), vae, image_size=16,
                           channels=1)
-    assert torch.equal(pf(z, y), decode(vae, z, image_size=16, channels=1))
+    assert torch.equal(pf(z, y), decode(float64_decoder(vae), z, image_size=16, channels=1))
     z7, y7 = _latents(4, size=7)
     save_denoiser(tmp_path / "d7", build_unet(TINY, 2, 7, 3), build_scheduler(TINY))
     model = load_denoiser(tmp_path / "d7")

@@ -16,7 +16,6 @@ weighted loss ``mean_i w_i * loss_i`` has the same scale as the unweighted one (
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ddcore.config import StageConfig
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.kmeans import cell_counts, cell_masses, minibatch_kmeans
 from ddcore.latent.pushforward import PushforwardOptions
-from ddcore.latent.vae import decode
+from ddcore.latent.vae import decode, float64_decoder
 from ddcore.seeding import derive_seed
 from ddcore.synthetic import SyntheticSet
 
@@ -213,7 +212,7 @@ def distill_ddoq(
             pix = pushforward(q.centroids, lab)
         else:
             if decoder is None:  # float64 copy: decoded pixels then do not depend on the thread count
-                decoder = copy.deepcopy(vae).double()
+                decoder = float64_decoder(vae)
             pix = decode(decoder, q.centroids, image_size=image_size, channels=c_out, chunk=cfg.decode_batch)
         pix = pix.detach().float().cpu()
         if pix.shape[1] != c_out:

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from ddcore.checkpoint import load_state, save_state
+from ddcore.checkpoint import resume_model, save_state
 from ddcore.config import StageConfig
-from ddcore.errors import ArtifactError, ConfigError, DataError, DistillationError
+from ddcore.errors import DataError, DistillationError
 from ddcore.latent.pushforward import SCHEDULERS, pad_to_factor, save_denoiser
 from ddcore.latent.vae import import_diffusers
 from ddcore.seeding import derive_seed
@@ -204,19 +204,8 @@ def build_scheduler(cfg: DenoiserConfig) -> Any:
 
 # ----------------------------------------------------------------------------- training
 def _resume(path: Path, unet: torch.nn.Module, opt: torch.optim.Optimizer, key: str) -> dict[str, Any] | None:
-    state = load_state(path, what="denoiser checkpoint")
-    if state is None:
-        return None
-    if state.get("config_key") != key:
-        raise ConfigError(f"denoiser checkpoint {path} was written with a different denoiser config or other "
-                          "latents; delete it or use another checkpoint_dir")
-    try:
-        unet.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        msg = f"denoiser checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart"
-        raise ArtifactError(msg) from None
-    return state
+    return resume_model(path, unet, opt, key, what="denoiser checkpoint",
+                        other="a different denoiser config or other latents")
 
 
 def train_denoiser(

@@ -44,7 +44,7 @@ from pydantic import Field
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, WeightsError
 from ddcore.latent.folders import load_model_folder, save_folder_atomic
-from ddcore.latent.vae import decode, import_diffusers
+from ddcore.latent.vae import decode, float64_decoder, import_diffusers
 from ddcore.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -251,6 +251,7 @@ class Pushforward:
     image_size: int | tuple[int, int] | None = None
     channels: int | None = None
     seeds: dict[str, int] = field(default_factory=dict)
+    _decoder: Any = field(default=None, repr=False)
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.seeds["pushforward"] = self.cfg.seed
@@ -266,7 +267,9 @@ class Pushforward:
                 steps=self.cfg.steps,
                 generator=gen,
             )
-            out.append(decode(self.vae, zi, image_size=self.image_size, channels=self.channels))
+            if self._decoder is None:  # decoded like the plain DDOQ set (float64, thread-count independent)
+                self._decoder = float64_decoder(self.vae)
+            out.append(decode(self._decoder, zi, image_size=self.image_size, channels=self.channels))
         return torch.cat(out)
 
 

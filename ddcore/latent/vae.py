@@ -23,6 +23,7 @@ and atomically replacing such folders is done by :mod:`ddcore.latent.folders` (i
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ddcore.checkpoint import load_state, save_state
+from ddcore.checkpoint import resume_model, save_state
 from ddcore.config import StageConfig
-from ddcore.errors import ArtifactError, ConfigError, DataError, DistillationError
+from ddcore.errors import DataError, DistillationError
 from ddcore.latent.folders import (
     WEIGHT_FILES,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
     check_model_folder,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
@@ -232,6 +233,12 @@ def decode(
     return x.clamp(0.0, 1.0) if clamp else x
 
 
+def float64_decoder(vae: AutoencoderKL) -> AutoencoderKL:
+    """A float64 copy of ``vae`` for :func:`decode`: decoded pixels (returned as float32) then do not depend
+    on the thread count, whose reduction order moves float32 results by an ulp."""
+    return copy.deepcopy(vae).double()
+
+
 # ----------------------------------------------------------------------------- training
 TrainData = Any  # torch.Tensor | RealSampler | Callable[[int], Iterable[Tensor]] | Iterable[Tensor]
 
@@ -269,20 +276,8 @@ def _objective(vae: AutoencoderKL, x: torch.Tensor, cfg: VAEConfig, g: torch.Gen
     return nll + cfg.kl_weight * kl, err.mean(), kl
 
 
-def _resume(path: Path, vae: AutoencoderKL, opt: torch.optim.Optimizer, key: str) -> dict[str, Any] | None:
-    state = load_state(path, what="VAE checkpoint")
-    if state is None:
-        return None
-    if state.get("config_key") != key:
-        raise ConfigError(f"VAE checkpoint {path} was written with a different VAE config; "
-                          "delete it or use another checkpoint_dir")
-    try:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        msg = f"VAE checkpoint {path} is unreadable ({type(exc).__name__}); delete it to restart"
-        raise ArtifactError(msg) from None
-    return state
+def _resume(path: Path, vae: torch.nn.Module, opt: torch.optim.Optimizer, key: str) -> dict[str, Any] | None:
+    return resume_model(path, vae, opt, key, what="VAE checkpoint", other="a different VAE config")
 
 
 def train_vae(
