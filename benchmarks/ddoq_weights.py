@@ -20,14 +20,14 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact
+from benchmarks.quality import fashion_mnist
+from ddcore.data import ArtifactSampler
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.suite import evaluate_set, random_subset
@@ -80,13 +80,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/ddoq_weights.json")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory()
-    uri = args.data or str(Path(tmp.name) / "fmnist")
-    if args.data is None:
-        ingest(IngestConfig.from_mapping({"source": {"kind": "fashion_mnist"}}), uri)
-    art = open_artifact(uri)
-    sampler = ArtifactSampler(art, "train", cache=True)
-    test_x, test_y = art.load_split("test")
+    tmp, sampler, (test_x, test_y) = fashion_mnist(args.data)  # noqa: F841 - tmp keeps the folder alive
     c, h, _ = sampler.image_shape
     vcfg = VAEConfig(source="identity") if args.space == "pixel" else VAEConfig.model_validate(json.loads(args.vae))
     t0 = time.perf_counter()

@@ -96,6 +96,17 @@ def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, devi
     raise SystemExit(f"unknown method {method}")
 
 
+def fashion_mnist(data: str | None) -> tuple[tempfile.TemporaryDirectory, ArtifactSampler, tuple]:
+    """Fashion-MNIST as an artifact (``data``, or ingested into a temporary folder kept alive by the returned
+    handle): a cached train sampler and the test split ``(images, labels)``."""
+    tmp = tempfile.TemporaryDirectory()
+    uri = data or str(Path(tmp.name) / "fmnist")
+    if data is None:
+        ingest(IngestConfig.from_mapping({"source": {"kind": "fashion_mnist"}}), uri)
+    art = open_artifact(uri)
+    return tmp, ArtifactSampler(art, "train", cache=True), art.load_split("test")
+
+
 def write_results(args: argparse.Namespace, budget: dict, ecfg: EvalConfig, rows: list[dict], *,
                   complete: bool) -> list[str]:
     """Write the JSON and markdown table of ``rows`` to ``args.out`` (rewritten after every row)."""
@@ -129,13 +140,7 @@ def main() -> None:
         budget["iterations"] = {m: args.iterations for m in budget["iterations"]}
     if args.eval_epochs is not None:
         budget["eval_epochs"] = args.eval_epochs
-    tmp = tempfile.TemporaryDirectory()
-    uri = args.data or str(Path(tmp.name) / "fmnist")
-    if args.data is None:
-        ingest(IngestConfig.from_mapping({"source": {"kind": "fashion_mnist"}}), uri)
-    art = open_artifact(uri)
-    sampler = ArtifactSampler(art, "train", cache=True)
-    test_x, test_y = art.load_split("test")
+    tmp, sampler, (test_x, test_y) = fashion_mnist(args.data)
     ecfg = EvalConfig.dm_protocol(epochs=budget["eval_epochs"], width=budget["width"], num_eval=budget["num_eval"])
     rows = []
     latents = LatentCache(sampler, budget, args.device) if {"ddoq", "d4m"} & set(args.methods.split(",")) else None
