@@ -122,8 +122,10 @@ def _write_shards(folder: Path, x: np.ndarray, y: np.ndarray, per_shard: int, ex
                 w.write(sample)
 
 
-def test_webdataset_source_local_and_pipe(tmp_path: Path) -> None:
-    """Shards from a brace pattern and from a pipe: URL give the same artifact digest."""
+def test_webdataset_source_local_and_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards from a brace pattern and from a pipe: URL (with the DDFLOW_ALLOW_PIPE=1 opt-in) give the same
+    artifact digest."""
+    monkeypatch.setenv("DDFLOW_ALLOW_PIPE", "1")
     x, y = class_images(5, 3, shape=(12, 12, 3), seed=2)
     _write_shards(tmp_path / "src", x, y, per_shard=6)
     pattern = str(tmp_path / "src" / "src-{0000..0002}.tar")
