@@ -93,6 +93,7 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
     assert f"{100 * dm['acc_mean']:.1f} ± {100 * dm['acc_std']:.1f}" in ev.stdout  # the cached evaluation
 
 
+@pytest.mark.slow  # ~90 s; tests/test_orchestration_flow.py covers --force in 5 s (.ci/run runs it)
 def test_force_recomputes_a_stage_and_its_dependants(fake_fmnist: Path, tmp_path: Path, prefect_home: Path) -> None:
     """--force prune recomputes prune and the evaluation of the pruned set, nothing upstream."""
     cfg = _config(tmp_path / "c.yaml", fake_fmnist)
@@ -104,6 +105,7 @@ def test_force_recomputes_a_stage_and_its_dependants(fake_fmnist: Path, tmp_path
     assert not any(n.startswith(("ingest", "distill", "baseline")) for n in computed)
 
 
+@pytest.mark.slow  # ~140 s; tests/faults/test_fault_kill.py kills other stages in the default run (.ci/run runs it)
 def test_sigkill_during_distillation_resumes_to_the_same_sets(fake_fmnist: Path, tmp_path: Path,
                                                               prefect_home: Path) -> None:
     """Killing the run mid-distillation and re-running resumes from the checkpoint and ends with the same

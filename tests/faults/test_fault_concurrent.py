@@ -35,6 +35,7 @@ def _table(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("│")]
 
 
+@pytest.mark.slow  # ~150 s; tests/test_orchestration_concurrency.py checks one key computed once in 7 s
 def test_two_runs_at_once_compute_each_stage_once(fault_config: Path, prefect_homes: list[Path],
                                                   subprocess_reference: Path, tmp_path: Path) -> None:
     """Both processes start together (the ingest-lock holder lingers 8 s so the other must wait): every stage
