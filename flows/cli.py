@@ -200,6 +200,13 @@ def print_summary(summary: dict) -> None:
         console.print(f"IOR baseline: {summary['ior_baseline']}")
     cached = sum(1 for s in summary["stages"] if s["cached"])
     console.print(f"stages: {len(summary['stages'])} ({cached} cached)   total {summary['seconds']:.1f}s")
+    tracking = summary.get("tracking") or {}
+    if tracking.get("lost"):
+        console.print(f"[yellow]MLflow: {tracking['lost']} tracking records not written "
+                      f"({tracking.get('error', 'store unavailable')}); the lineage is complete in ref.json[/]")
+    elif tracking.get("parent_run_id"):
+        console.print(f"MLflow: run {tracking['parent_run_id']} in experiment {tracking['experiment']!r} "
+                      f"at {tracking['uri']}")
 
 
 @app.command()
@@ -215,7 +222,7 @@ def run(
         from flows.config import load_config
 
         cfg = load_config(str(config), overrides or [])
-        _prefect_env()
+        _prefect_env(root)
         from flows.distill import run_with_runner
 
         configure_run_logging()
@@ -287,7 +294,7 @@ def evaluate(
         from flows.config import load_config
 
         load_config(str(config), overrides or [])
-        _prefect_env()
+        _prefect_env(root)
         from flows.reuse import evaluate_flow
 
         row = evaluate_flow(synthetic, data, str(config), overrides or [], root)
@@ -296,11 +303,36 @@ def evaluate(
     print_summary({"run": "evaluate", "config_digest": "-" * 12, "results": [row], "stages": [], "seconds": 0.0})
 
 
-def _prefect_env() -> None:
-    """Quiet, patient defaults for Prefect's temporary server (overridable by the environment)."""
+def _prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
+    """Quiet, patient defaults for Prefect's temporary server (overridable by the environment).
+
+    Without ``PREFECT_API_URL`` (no server to talk to) the temporary server of a run keeps its state in
+    ``<root>/prefect/prefect.db`` instead of the database in ``PREFECT_HOME`` that every other Prefect
+    process of the user shares (SQLite allows one writer: another process holding it made the run's server
+    fail with ``database is locked``). An explicit ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` wins.
+    Must run before prefect is imported.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    db_keys = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+    if not own_database or os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in db_keys):
+        return
+    from flows.orchestration import default_root
+
+    local = default_root(root)
+    if "://" in local:
+        return
+    folder = Path(local, "prefect")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DDFlowError(f"cannot write the artifact root {local} ({exc.strerror or exc}); pass a writable "
+                          "--root or set DDFLOW_ROOT") from None
+    if not os.access(folder, os.W_OK):
+        raise DDFlowError(f"the artifact root {local} is not writable; pass a writable --root or set DDFLOW_ROOT")
+    if "prefect" not in sys.modules:  # its settings are read once, at import (in-process callers keep theirs)
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{folder}/prefect.db"
 
 
 @app.command()
@@ -348,7 +380,7 @@ def serve(
 ) -> None:
     """Serve CONFIG on a cron or interval schedule (needs 'prefect server start' and PREFECT_API_URL)."""
     try:
-        _prefect_env()
+        _prefect_env(own_database=False)
         from flows.serve import serve as serve_config
 
         serve_config(config, cron=cron, interval=interval, name=name, entrypoint=entrypoint, overrides=overrides,

@@ -49,6 +49,7 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
         summary = {"run": cfg.name, "config_digest": cfg.digest(), "results": report["results"],
                    "ior_baseline": report.get("ior_baseline"), "hlr_rule": report.get("hlr_rule"),
                    "stages": ex.timeline, "report": rep.uri, "dataset": {"uri": data.uri, "digest": data.sha256},
+                   "tracking": tracker.status(),
                    "seconds": round(time.perf_counter() - t_start, 3)}
         write_summary(store, cfg.name, summary)
         tracker_summary(tracker, store, cfg.name, rep)

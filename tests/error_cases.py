@@ -122,6 +122,7 @@ CASES: dict[str, CaseFn] = {
     "artifact-split": lambda t, f: Case(args=["show", str(_artifact(t)), "--split", "val", "--out",
                                               str(t / "g.png")]),
     "artifact-checkpoint": _corrupt_checkpoint_first,
+    "root-not-writable": lambda t, f: Case(args=["run", run_config(t, f), "--root", "/proc/ddflow-root"]),
     "lineage-unknown": lambda t, f: Case(args=["lineage", "abcdef12", "--root", str(t / "root")]),
     "lineage-folder": lambda t, f: Case(args=["lineage", str(_artifact(t)), "--root", str(t / "root")]),
     # weights

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,3 +65,19 @@ def test_image_folder_via_cli(tmp_path: Path) -> None:
     r = runner.invoke(app, ["ingest", str(tmp_path / "f"), "--out", str(tmp_path / "o"), "--test-fraction", "0.4"])
     assert r.exit_code == 0, r.output
     assert "digest:" in r.output
+
+
+@pytest.mark.parametrize("env", [{}, {"PREFECT_API_URL": "http://127.0.0.1:4200/api"},
+                                 {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////tmp/mine.db"}])
+def test_temporary_prefect_server_keeps_its_database_under_the_root(tmp_path: Path, env: dict[str, str]) -> None:
+    """Without a Prefect server (PREFECT_API_URL) or an explicit database, a run's temporary Prefect server
+    uses <root>/prefect/prefect.db, not the PREFECT_HOME database other Prefect processes share."""
+    code = ("import os, sys; from flows.cli import _prefect_env; _prefect_env(sys.argv[1]); "
+            "print(os.environ.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-'))")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not env:
+        assert out == f"sqlite+aiosqlite:///{tmp_path}/root/prefect/prefect.db" and (tmp_path / "root/prefect").is_dir()
+    else:
+        assert out == env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "-")

@@ -91,6 +91,12 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
                         text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert f"{100 * dm['acc_mean']:.1f} ± {100 * dm['acc_std']:.1f}" in ev.stdout  # the cached evaluation
+    # Tracking: nothing lost, no run left RUNNING, the parent run named in the output.
+    assert s1["tracking"]["lost"] == 0 and f"MLflow: run {s1['tracking']['parent_run_id']}" in first.stdout
+    statuses = dict(db.execute("select status, count(*) from runs group by status").fetchall())
+    assert set(statuses) == {"FINISHED"}, statuses
+    # The temporary Prefect server of each command kept its state under the root, not in PREFECT_HOME.
+    assert (tmp_path / "root" / "prefect" / "prefect.db").is_file() and not (prefect_home / "prefect.db").exists()
 
 
 @pytest.mark.slow  # ~90 s; tests/test_orchestration_flow.py covers --force in 5 s (.ci/run runs it)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ddcore.errors import DDFlowError
+from tasks.runtime.mlflow_client import flatten
 from tasks.runtime.refs import ArtifactRef, RefRecord, code_version_label
 from tasks.runtime.store import REF_FILE, ArtifactStore
-from tasks.runtime.tracking import Tracker, flatten
+from tasks.runtime.tracking import Tracker
 
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
 

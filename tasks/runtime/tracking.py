@@ -1,9 +1,19 @@
 """MLflow tracking for pipeline runs: one parent run per flow run, one nested run per stage.
 
-``mlflow`` is imported lazily. Every call goes through :meth:`Tracker._guard`: if the tracking store
-is unreachable at start (bad URI, server down, sqlite path not writable) or fails mid-run, the
-tracker warns once (one log line on ``ddflow.tracking``) and becomes a no-op, so the pipeline still
-finishes; the lineage is in the artifact store's ``ref.json`` files either way.
+``mlflow`` is imported lazily. Every call goes through :meth:`Tracker._guard`, which
+
+* serialises the calls of one process to one tracking URI through one lock (concurrent stage tasks
+  share a store: SQLite allows one writer, and MLflow's pool holds 15 connections),
+* retries a transient failure (SQLite ``database is locked``, a racing ``UNIQUE constraint`` insert from
+  another process, pool exhaustion, HTTP 429/5xx) with exponential back-off for up to ~30 s, and
+* when the store is unreachable at start (bad URI, server down, sqlite path not writable) or keeps failing,
+  warns once (one log line on ``ddflow.tracking``), counts what it could not record
+  (:attr:`Tracker.lost`, also in the run summary) and becomes a no-op, so the pipeline still finishes;
+  the lineage is in the artifact store's ``ref.json`` files either way.
+
+:meth:`Tracker.end_run` closes every run of the pipeline it opened, also after a failure or a lost
+connection: nested runs still RUNNING (a stage that crashed or was killed) end as FAILED with
+``ddflow.status=interrupted``, so no run stays RUNNING.
 
 Each stage run records: params = the flattened resolved stage config + ``config_digest`` and
 ``stage_key``; tags = stage, stage key, output digest/uri/kind, Prefect flow/task run ids, code
@@ -14,10 +24,8 @@ whatever the stage logs. MLflow has no output-dataset API, so the output is reco
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ddcore.config import StageConfig
+from tasks.runtime.mlflow_client import RetryingClient, clip, flatten, is_number, metric_key, uri_lock
 from tasks.runtime.mlflow_source import artifact_source
 from tasks.runtime.refs import ArtifactRef, code_version, code_version_label
 
@@ -35,7 +44,6 @@ T = TypeVar("T")
 
 _WARNED: set[str] = set()
 _WARNED_GUARD = threading.Lock()
-_METRIC_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -58,7 +66,10 @@ class Tracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client: Any = None
-        self._lock = threading.RLock()
+        self._lock = uri_lock(tracking_uri)
+        self.lost = 0
+        self.lost_reason: str | None = None
+        self._opened: set[str] = set()
 
     @classmethod
     def for_store(cls, store: Any, experiment: str = "ddflow", tracking_uri: str | None = None) -> Tracker:
@@ -83,24 +94,32 @@ class Tracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = uri_lock(self.tracking_uri)
 
     def __repr__(self) -> str:
         return f"Tracker({self.tracking_uri!r}, {self.experiment!r}, enabled={self.enabled})"
 
     # -- plumbing --------------------------------------------------------------------------
-    def _guard(self, what: str, fn: Callable[[], T]) -> T | None:
-        if not self.enabled:
+    def _guard(self, what: str, fn: Callable[[], T], *, always: bool = False) -> T | None:
+        """``fn()``; on a lasting failure (what :class:`RetryingClient` could not retry away) warn once, count
+        the loss and disable tracking. ``always`` tries even when tracking was disabled (closing runs)."""
+        if self.tracking_uri is None:
+            return None
+        if not (self.enabled or always):
+            self.lost += 1
             return None
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - tracking must never stop the pipeline
-            self._disable(what, exc)
+            if self.enabled:
+                self._disable(what, exc)
+            self.lost += 1
             return None
 
     def _disable(self, what: str, exc: BaseException) -> None:
         self.enabled = False
         msg = (str(exc).strip().splitlines() or [""])[0][:200]
+        self.lost_reason = f"{type(exc).__name__} while {what}: {msg}"
         with _WARNED_GUARD:
             if self.tracking_uri in _WARNED:
                 return
@@ -109,7 +128,8 @@ class Tracker:
                     "lineage is still written to ref.json", self.tracking_uri, type(exc).__name__, what, msg)
 
     def client(self) -> Any:
-        """The ``MlflowClient`` (created, checked and bound to the experiment on first use)."""
+        """The ``MlflowClient`` behind a :class:`RetryingClient` (created, checked and bound to the experiment
+        on first use)."""
         with self._lock:
             if self._client is None:
                 self._client = self._connect()
@@ -129,7 +149,7 @@ class Tracker:
                 raise PermissionError(f"{db} is not writable")
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
+        client = RetryingClient(MlflowClient(tracking_uri=uri), self._lock)
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             self.experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location)
@@ -149,6 +169,7 @@ class Tracker:
             client = self.client()
             all_tags = {**default_tags(), "ddflow.role": "pipeline", **{k: str(v) for k, v in (tags or {}).items()}}
             run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+            self._opened.add(run.info.run_id)
             self._log_batch(run.info.run_id, params=params or {})
             return run.info.run_id
 
@@ -163,11 +184,34 @@ class Tracker:
         self._guard("logging a run artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
 
     def end_run(self, *, failed: bool = False) -> None:
+        """Close the pipeline run (FAILED when ``failed``) and every run of it still RUNNING: nested runs this
+        tracker opened and, found by their parent tag, those opened by other processes (Ray workers). Tried
+        even after tracking was disabled mid-run, so a store that came back gets no run left RUNNING."""
         if self.parent_run_id is None:
             return
-        run_id = self.parent_run_id
-        self._guard("ending the pipeline run",
-                    lambda: self.client().set_terminated(run_id, "FAILED" if failed else "FINISHED"))
+        parent = self.parent_run_id
+
+        def go() -> None:
+            client = self.client()
+            found = client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}' and "
+                                       "attributes.status = 'RUNNING'", max_results=5000)
+            stale = {r.info.run_id for r in found} | (self._opened - {parent})
+            for run_id in sorted(stale):
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_tag(run_id, "ddflow.status", "interrupted")
+                    client.set_terminated(run_id, "FAILED")
+            client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+            self._opened.clear()
+
+        self._guard("ending the pipeline run", go, always=True)
+
+    def status(self) -> dict[str, Any]:
+        """What the run summary says about tracking: URI, experiment, parent run id, records lost."""
+        out: dict[str, Any] = {"uri": self.tracking_uri, "experiment": self.experiment,
+                               "parent_run_id": self.parent_run_id, "lost": self.lost}
+        if self.lost_reason:
+            out["error"] = self.lost_reason
+        return out
 
     def start_stage(self, stage: str, key: str, config: StageConfig, inputs: Mapping[str, ArtifactRef], *,
                     kind: str, status: str = "running") -> StageRun:
@@ -180,6 +224,7 @@ class Tracker:
                 tags[PARENT_TAG] = self.parent_run_id
             run = client.create_run(self.experiment_id, run_name=stage, tags=tags)
             run_id = run.info.run_id
+            self._opened.add(run_id)
             params = {**flatten(config.model_dump(mode="json")), "config_digest": config.digest(), "stage_key": key}
             self._log_batch(run_id, params=params)
             self._log_inputs(run_id, inputs)
@@ -204,10 +249,10 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         client = self.client()
-        ps = [Param(k[:250], _clip(v, 6000)) for k, v in dict(params).items()]
-        ts = [RunTag(k[:250], _clip(v, 8000)) for k, v in dict(tags).items()]
+        ps = [Param(k[:250], clip(v, 6000)) for k, v in dict(params).items()]
+        ts = [RunTag(k[:250], clip(v, 8000)) for k, v in dict(tags).items()]
         now = int(time.time() * 1000)
-        ms = [Metric(_metric_key(k), float(v), now, int(step)) for k, v, step in metrics]
+        ms = [Metric(metric_key(k), float(v), now, int(step)) for k, v, step in metrics]
         for i in range(0, max(len(ps), len(ts), 1), 100):
             if ps[i:i + 100] or ts[i:i + 100]:
                 client.log_batch(run_id, params=ps[i:i + 100], tags=ts[i:i + 100])
@@ -220,11 +265,13 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        datasets = []
+        by_ref: dict[ArtifactRef, list[str]] = {}
         for name in sorted(inputs):
-            ref = inputs[name]
+            by_ref.setdefault(inputs[name], []).append(name)
+        datasets = []  # one input per artifact, even when a stage reads it under several names
+        for ref, names in by_ref.items():
             ds = MetaDataset(source=artifact_source(ref.uri), name=f"{ref.stage}/{ref.key}", digest=ref.short)
-            tags = [InputTag("mlflow.data.context", name), InputTag("ddflow.stage", ref.stage),
+            tags = [InputTag("mlflow.data.context", ",".join(names)), InputTag("ddflow.stage", ref.stage),
                     InputTag("ddflow.stage_key", ref.key), InputTag("ddflow.kind", ref.kind),
                     InputTag("ddflow.sha256", ref.sha256)]
             datasets.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags))
@@ -248,7 +295,7 @@ class StageRun:
         if not self.active:
             return
         with self._lock:
-            self._pending.extend((k, float(v), int(step)) for k, v in metrics.items() if _is_number(v))
+            self._pending.extend((k, float(v), int(step)) for k, v in metrics.items() if is_number(v))
             flush = len(self._pending) >= 500
         if flush:
             self.flush()
@@ -275,16 +322,17 @@ class StageRun:
             return
         run_id = str(self.run_id)
         tags = {"ddflow.output_digest": ref.sha256, "ddflow.output_uri": ref.uri, "ddflow.kind": ref.kind,
-                **{f"result.{k}": v for k, v in metrics.items() if not _is_number(v)}}
+                **{f"result.{k}": v for k, v in metrics.items() if not is_number(v)}}
         if status:
             tags["ddflow.status"] = status
-        final = [(k, float(v), 0) for k, v in metrics.items() if _is_number(v)]
+        final = [(k, float(v), 0) for k, v in metrics.items() if is_number(v)]
 
         def go() -> None:
             self.tracker._log_batch(run_id, tags=tags, metrics=final)
             if ref_file and Path(ref_file).is_file():
                 self.tracker.client().log_artifact(run_id, ref_file, "ddflow")
             self.tracker.client().set_terminated(run_id, "FINISHED")
+            self.tracker._opened.discard(run_id)
 
         self.tracker._guard("finishing a stage run", go)
 
@@ -297,6 +345,7 @@ class StageRun:
             def go() -> None:
                 self.tracker._log_batch(run_id, tags={"ddflow.status": "failed", "ddflow.error": msg})
                 self.tracker.client().set_terminated(run_id, "FAILED")
+                self.tracker._opened.discard(run_id)
 
             self.tracker._guard("failing a stage run", go)
 
@@ -328,33 +377,3 @@ def prefect_ids() -> dict[str, str]:
         return out
     except Exception:  # noqa: BLE001 - best effort
         return {}
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and scalars become their JSON-ish text."""
-    out: dict[str, str] = {}
-    for k, v in data.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, f"{name}."))
-        else:
-            out[name] = _clip(v, 6000)
-    return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _metric_key(k: str) -> str:
-    return _METRIC_KEY.sub("_", str(k))[:250]
-
-
-def _clip(v: Any, n: int) -> str:
-    if isinstance(v, str):
-        s = v
-    elif v is None or isinstance(v, bool | list | dict):
-        s = json.dumps(v, sort_keys=True, default=str)
-    else:
-        s = str(v)
-    return s if len(s) <= n else s[: n - 3] + "..."
