@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from ddcore.config import StageConfig
-from tasks.runtime.mlflow_client import RetryingClient, is_transient
-from tasks.runtime.refs import ArtifactRef
-from tasks.runtime.tracking import PARENT_TAG, Tracker
+pytest_plugins = ["orchestration_fixtures"]
+
+from orchestration_fixtures import REPO  # noqa: E402,F401 - sets PREFECT_HOME before prefect is imported
+
+from ddcore.config import StageConfig  # noqa: E402
+from tasks.runtime.mlflow_client import RetryingClient, is_transient  # noqa: E402
+from tasks.runtime.refs import ArtifactRef  # noqa: E402
+from tasks.runtime.store import ArtifactStore  # noqa: E402
+from tasks.runtime.tracking import PARENT_TAG, Tracker  # noqa: E402
 
 THREADS, STAGES_PER_THREAD, STEPS = 8, 4, 3
 SHARED = ArtifactRef(uri="/data/ingest/abc", sha256="a" * 64, stage="ingest", key="0123abcd", kind="dataset")
@@ -116,6 +121,51 @@ def test_concurrent_stage_runs_lose_no_record(tmp_path: Path) -> None:
         inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in r.inputs.dataset_inputs}
         assert len(inputs) == 2 and inputs[f"ingest/{SHARED.key}"]["mlflow.data.context"] == "again,data"
         assert [a.path for a in client.list_artifacts(r.info.run_id, "ddflow")] == ["ddflow/ref.json"]
+
+
+def test_pipeline_fan_out_on_eight_workers_tracks_every_stage(fake_fmnist: Path, tmp_path: Path,
+                                                              prefect_harness: None) -> None:
+    """A real pipeline on 8 worker threads (three class-group distillations, four evaluation rounds per set,
+    all running at once): MLflow holds one FINISHED nested run per stage of the summary, each with its
+    params, its metrics and one input per distinct upstream artifact of its ref.json; nothing is lost."""
+    from mlflow import MlflowClient
+
+    from flows.distill import distill_flow
+
+    cfg = tmp_path / "c.yaml"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg.write_text(f"""
+name: fan8
+ipcs: [2]
+data: {{source: {{kind: fashion_mnist, root: {fake_fmnist}}}, shard_size: 50}}
+methods:
+  random: {{width: 8}}
+  dm: {{iterations: 2, width: 8, batch_real: 8, checkpoint_every: 0}}
+class_groups: 3
+evaluation: {{epochs: 1, width: 8, num_eval: 4}}
+runner: {{kind: threads, max_workers: 8}}
+tracking: {{uri: "{uri}", experiment: fan8}}
+""")
+    summary = distill_flow(str(cfg), [], str(tmp_path / "root"))
+    assert summary["tracking"]["lost"] == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fan8")
+    parent = summary["tracking"]["parent_run_id"]
+    runs = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'", max_results=1000)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert len(runs) == len(summary["stages"]) >= 15
+    store = ArtifactStore(tmp_path / "root")
+    for r in runs:
+        tags = r.data.tags
+        assert r.info.status == "FINISHED" and tags["ddflow.status"] == "computed", tags
+        record = store.read_record(tags["ddflow.stage"], tags["ddflow.stage_key"])
+        assert record is not None and r.data.params["stage_key"] == record.ref.key
+        assert tags["ddflow.output_digest"] == record.ref.sha256
+        assert len(r.inputs.dataset_inputs) == len(set(record.inputs.values()))
+        numeric = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        assert {k: r.data.metrics[k] for k in numeric} == pytest.approx(numeric)
+        if tags["ddflow.stage"] == "evaluate":
+            assert {"acc_mean", "acc_std"} <= set(numeric)
 
 
 def test_end_run_closes_runs_left_running(tmp_path: Path) -> None:
