@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow
 
 from ddcore.data import open_artifact
@@ -22,6 +23,7 @@ from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_plan, expand_force
 from flows.runners import RunnerConfig, cuda_devices, runner_session
 from tasks.report import read_report
+from tasks.runtime.mlflow_client import flatten
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
@@ -38,10 +40,12 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                else Tracker.disabled())
     t_start = time.perf_counter()
     with PipelineRun(store, tracker=tracker, force=expand_force(force), run_name=cfg.name, stages=STAGES,
-                     params={"config_digest": cfg.digest()}) as run:
+                     params={"config_digest": cfg.digest(), **flatten(cfg.model_dump(mode="json"))}) as run:
+        tracker.log_pipeline_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/config.yaml")
         ex = PlanExecutor(run, device=cfg.device, runner=cfg.runner)
         head = build_plan(cfg, num_classes=None)
         data = ex.execute([head.node(INGEST)])[INGEST]
+        tracker.log_pipeline_inputs({"dataset": data})
         plan = build_plan(cfg, num_classes=open_artifact(data.uri, verify="none").meta.num_classes)
         refs = ex.execute(plan.nodes)
         rep = refs["report"]
@@ -52,6 +56,7 @@ def run_config(cfg: RunConfig, *, root: str | None = None, force: list[str] | No
                    "tracking": tracker.status(),
                    "seconds": round(time.perf_counter() - t_start, 3)}
         write_summary(store, cfg.name, summary)
+        tracker.log_pipeline_results(report["results"])
         tracker_summary(tracker, store, cfg.name, rep)
     return summary
 

@@ -49,13 +49,14 @@ class PlanExecutor:
                 self.collect()
                 inputs = {name: self.results[src] for name, src in node.inputs.items()}
             t0 = time.perf_counter()
-            self.results[node.id] = self.run.run(stage, node.config, inputs, device=self.device)
+            self.results[node.id] = self.run.run(stage, node.config, inputs, device=self.device,
+                                                 label=run_label(stage.name, node.id))
             self.timeline.append({"name": node.id, "cached": self.run.outcomes.get(stage.name) == "cached",
                                   "seconds": round(time.perf_counter() - t0, 3)})
             return
         device = "cpu" if node.placement == "cpu" else next(self._devices)
         with stage_options(self.runner, gpu="gpu" in stage.tags):
-            future = self.run.submit(stage, node.config, inputs, device=device)
+            future = self.run.submit(stage, node.config, inputs, device=device, label=run_label(stage.name, node.id))
         self.results[node.id] = future
         self._pending.append((node.id, future))
 
@@ -69,3 +70,9 @@ class PlanExecutor:
             seconds = 0.0 if cached or rec is None else round(rec.duration_s, 3)
             self.timeline.append({"name": node_id, "cached": cached, "seconds": seconds})
             self.results[node_id] = ref
+
+
+def run_label(stage: str, node_id: str) -> str:
+    """The name of a node's Prefect task run and MLflow run: the stage, then the node id after its first part
+    (``evaluate_round`` + ``evaluate/dm/ipc10/round1`` -> ``evaluate_round dm ipc10 round1``)."""
+    return " ".join([stage, *node_id.split("/")[1:]])

@@ -74,7 +74,8 @@ class PipelineRun:
         self.outcomes: dict[str, str] = {}
         self.refs: dict[str, ArtifactRef] = {}
         self._refreshed: set[str] = set()
-        self._futures: dict[int, tuple[str, StageConfig, dict[str, Any], Any]] = {}  # id -> (..., future)
+        # id(future) -> (stage, config, inputs, future, label)
+        self._futures: dict[int, tuple[str, StageConfig, dict[str, Any], Any, str | None]] = {}
         self._results: dict[int, ArtifactRef] = {}
 
     def __enter__(self) -> PipelineRun:
@@ -98,53 +99,55 @@ class PipelineRun:
                 return True
         return False
 
-    def _bound(self, task: Any, inputs: Mapping[str, Any]) -> tuple[Any, bool]:
+    def _bound(self, task: Any, inputs: Mapping[str, Any], label: str | None) -> tuple[Any, bool]:
         stage = str(task.name)
         forced = self.is_forced(stage, inputs)
         if forced:
             self._refreshed.add(stage)
         from tasks.runtime.prefect_task import bind_stage_task
 
-        return bind_stage_task(task, self.store, refresh=forced), forced
+        return bind_stage_task(task, self.store, refresh=forced, label=label), forced
 
     def run(self, task: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None, *,
-            device: str | None = None) -> ArtifactRef:
-        """Run a stage task now (in the flow's thread) and return its output ref.
+            device: str | None = None, label: str | None = None) -> ArtifactRef:
+        """Run a stage task now (in the flow's thread) and return its output ref. ``label`` names the task run
+        and the MLflow run (``distill dm ipc10``).
 
         Raises:
             StageError: the stage failed (after its retries); the message names the stage.
         """
         inputs = dict(inputs or {})
-        bound, forced = self._bound(task, inputs)
+        bound, forced = self._bound(task, inputs, label)
         state = bound(store=self.store, config=config, inputs=inputs, tracker=self.tracker, force=forced,
-                      device=device, return_state=True)
-        return self._finish(str(task.name), state, config, inputs)
+                      device=device, label=label, return_state=True)
+        return self._finish(str(task.name), state, config, inputs, label)
 
     def submit(self, task: Any, config: StageConfig, inputs: Mapping[str, Any] | None = None, *,
-               device: str | None = None, wait_for: Iterable[Any] | None = None) -> Any:
+               device: str | None = None, wait_for: Iterable[Any] | None = None, label: str | None = None) -> Any:
         """Submit a stage task to the flow's task runner; inputs may be refs or futures of other stages.
 
         Collect the output with :meth:`result`. Wrap the call in ``remote_options(...)`` (Ray) to pass
         per-task resources.
         """
         inputs = dict(inputs or {})
-        bound, forced = self._bound(task, inputs)
+        bound, forced = self._bound(task, inputs, label)
         future = bound.submit(store=self.store, config=config, inputs=inputs, tracker=self.tracker, force=forced,
-                              device=device, wait_for=wait_for)
-        self._futures[id(future)] = (str(task.name), config, inputs, future)
+                              device=device, label=label, wait_for=wait_for)
+        self._futures[id(future)] = (str(task.name), config, inputs, future, label)
         return future
 
     def result(self, future: Any) -> ArtifactRef:
         """Wait for a future from :meth:`submit` and return its output ref (raises :class:`StageError`)."""
         if id(future) in self._results:
             return self._results[id(future)]
-        stage, config, inputs, _ = self._futures[id(future)]
+        stage, config, inputs, _, label = self._futures[id(future)]
         future.wait()
         resolved = {k: self.result(v) if id(v) in self._futures else v for k, v in inputs.items()}
-        ref = self._results[id(future)] = self._finish(stage, future.state, config, resolved)
+        ref = self._results[id(future)] = self._finish(stage, future.state, config, resolved, label)
         return ref
 
-    def _finish(self, stage: str, state: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef:
+    def _finish(self, stage: str, state: Any, config: StageConfig, inputs: Mapping[str, ArtifactRef],
+                label: str | None = None) -> ArtifactRef:
         if not state.is_completed():
             self.outcomes[stage] = state.name.lower() if state.name else "failed"
             value = state.result(raise_on_failure=False)
@@ -156,7 +159,7 @@ class PipelineRun:
         ref = state.result()
         if state.name == "Cached":
             self.outcomes[stage] = "cached"
-            self.tracker.record_cached(stage, ref, config, inputs)
+            self.tracker.record_cached(stage, ref, config, inputs, label=label)
         else:
             self.outcomes[stage] = "completed"
         self.refs[stage] = ref

@@ -43,8 +43,9 @@ def _fresh_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_parent_and_nested_runs_with_lineage(tmp_path: Path, toy_env: Path, mlflow_uri: str) -> None:
     """One parent run per flow run and one nested run per stage; stage params hold the flattened config and
-    its digest; each stage's inputs carry our sha256[:16] digest; outputs are tags; a cached re-run records
-    nested runs with status 'cached'."""
+    its digest; each stage's inputs carry our sha256[:16] digest; outputs are tags; a cached re-run logs no
+    nested run but links each reused stage from its parent run to the run that computed it; the experiment
+    opens in MLflow's model-training view."""
     from mlflow import MlflowClient
 
     result = toy_flow(root=str(tmp_path), value=3, tracking_uri=mlflow_uri, experiment="toy-lineage")
@@ -80,9 +81,11 @@ def test_parent_and_nested_runs_with_lineage(tmp_path: Path, toy_env: Path, mlfl
     assert res.exit_code == 0 and json.loads(res.output)["inputs"][0]["key"] == make_ref["key"]
 
     again = toy_flow(root=str(tmp_path), value=3, tracking_uri=mlflow_uri, experiment="toy-lineage")
-    cached = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{again['parent_run_id']}'")
-    assert sorted(r.data.tags["ddflow.status"] for r in cached) == ["cached"] * 3
-    assert all(len(r.inputs.dataset_inputs) == (r.data.tags["ddflow.stage"] != "make") for r in cached)
+    assert client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{again['parent_run_id']}'") == []
+    tags = client.get_run(again["parent_run_id"]).data.tags
+    links = {k: v for k, v in tags.items() if k.startswith("ddflow.cached.")}
+    assert links == {f"ddflow.cached.{s}": by_stage[s].info.run_id for s in TOY_STAGES}
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 @pytest.mark.parametrize("kind", ["server_down", "not_writable"])

@@ -96,7 +96,8 @@ def _drop_stale_result(path: Path, store: ArtifactStore, stage: str, key: str, *
 def prefect_task(stage: Stage) -> Any:
     """The Prefect task running ``stage`` through :func:`~tasks.runtime.stage.run_stage`.
 
-    The task is called as ``task(store=..., config=..., inputs={...}, tracker=..., force=..., device=...)``
+    The task is called as ``task(store=..., config=..., inputs={...}, tracker=..., force=..., device=...,
+    label=...)`` (``label``: the plan node's name for MLflow; not part of the cache key)
     and returns an :class:`ArtifactRef`. Its cache key is ``<stage>-<stage key>``; results are persisted
     (``persist_result=True``) and a cached result is only reused while the store still verifies the
     output. Bind ``result_storage`` to the store with :func:`bind_stage_task` (done by
@@ -107,8 +108,10 @@ def prefect_task(stage: Stage) -> Any:
     from prefect.tasks import exponential_backoff
 
     def stage_task(store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
-                   tracker: Tracker | None = None, force: bool = False, device: str | None = None) -> ArtifactRef:
-        return stage.run(store, config, inputs, tracker, force=force, device=device, logger=_run_logger())
+                   tracker: Tracker | None = None, force: bool = False, device: str | None = None,
+                   label: str | None = None) -> ArtifactRef:
+        return stage.run(store, config, inputs, tracker, force=force, device=device, logger=_run_logger(),
+                         label=label)
 
     stage_task.__name__ = stage_task.__qualname__ = f"stage_{stage.name}".replace("-", "_").replace(".", "_")
     delays: Any = stage.retry_delay_seconds
@@ -121,10 +124,13 @@ def prefect_task(stage: Stage) -> Any:
                 tags=set(stage.tags), timeout_seconds=stage.timeout_seconds)
 
 
-def bind_stage_task(stage: Stage, store: ArtifactStore, *, refresh: bool = False) -> Any:
-    """The Prefect task of ``stage`` with its result storage under the store (``<root>/_prefect/results``)
-    and ``refresh_cache``."""
-    return prefect_task(stage).with_options(result_storage=result_dir_for(store), refresh_cache=refresh or None)
+def bind_stage_task(stage: Stage, store: ArtifactStore, *, refresh: bool = False, label: str | None = None) -> Any:
+    """The Prefect task of ``stage`` with its result storage under the store (``<root>/_prefect/results``),
+    ``refresh_cache``, and ``label`` (``distill dm ipc10``) as the task run's name in the Prefect UI."""
+    options: dict[str, Any] = {"result_storage": result_dir_for(store), "refresh_cache": refresh or None}
+    if label:
+        options["task_run_name"] = label
+    return prefect_task(stage).with_options(**options)
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -33,8 +33,9 @@ from typing import Any
 from ddcore.config import StageConfig
 from ddcore.errors import DDFlowError
 from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
+from tasks.runtime.stage_run import StageRun
 from tasks.runtime.store import REF_FILE, ArtifactStore
-from tasks.runtime.tracking import StageRun, Tracker
+from tasks.runtime.tracking import Tracker
 
 StageResult = Mapping[str, float | int | str] | None
 OomHook = Callable[[StageConfig, int], StageConfig | None]
@@ -136,12 +137,13 @@ StageFn = Callable[[dict[str, ArtifactRef], Any, str, StageContext], StageResult
 def run_stage(store: ArtifactStore, stage_name: str, fn: StageFn, inputs: Mapping[str, ArtifactRef],
               config: StageConfig, kind: ArtifactKind, tracker: Tracker | None = None, *, force: bool = False,
               device: str | None = None, on_oom: OomHook | None = None, max_oom_retries: int = 3,
-              logger: logging.Logger | logging.LoggerAdapter | None = None) -> ArtifactRef:
+              logger: logging.Logger | logging.LoggerAdapter | None = None, label: str | None = None) -> ArtifactRef:
     """Return the output of ``stage_name`` for ``config`` and ``inputs``, computing it only when needed.
 
     Verified output present (and not ``force``) -> returned (tracked as ``cached``). Otherwise the
     per-key lock is taken, the store re-checked (another process may have just finished it), ``fn`` is
-    run into a fresh temporary folder, and the folder is published with ``ref.json``.
+    run into a fresh temporary folder, and the folder is published with ``ref.json``. ``label`` names
+    the MLflow run (``distill dm ipc10``; default: the stage name).
 
     Raises:
         StageError: ``fn`` failed (the message names the stage; ``.cause`` is the original error).
@@ -152,23 +154,23 @@ def run_stage(store: ArtifactStore, stage_name: str, fn: StageFn, inputs: Mappin
     key = store.key_for(stage_name, config, inputs)
     if not force and (ref := store.lookup(stage_name, key)) is not None:
         log.info("stage %s: cached (key %s, sha256 %s)", stage_name, key, ref.short)
-        tracker.record_cached(stage_name, ref, config, inputs)
+        tracker.record_cached(stage_name, ref, config, inputs, label=label)
         return ref
     with store.lock(stage_name, key):
         if not force and (ref := store.lookup(stage_name, key)) is not None:
             log.info("stage %s: cached, computed meanwhile by another run (key %s)", stage_name, key)
-            tracker.record_cached(stage_name, ref, config, inputs)
+            tracker.record_cached(stage_name, ref, config, inputs, label=label)
             return ref
         return _compute(store, stage_name, key, fn, inputs, config, kind, tracker, device=device, on_oom=on_oom,
-                        max_oom_retries=max_oom_retries, log=log)
+                        max_oom_retries=max_oom_retries, log=log, label=label)
 
 
 def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: dict[str, ArtifactRef],
              config: StageConfig, kind: ArtifactKind, tracker: Tracker, *, device: str | None,
              on_oom: OomHook | None, max_oom_retries: int,
-             log: logging.Logger | logging.LoggerAdapter) -> ArtifactRef:
+             log: logging.Logger | logging.LoggerAdapter, label: str | None = None) -> ArtifactRef:
     log.info("stage %s: computing (key %s)", stage, key)
-    run = tracker.start_stage(stage, key, config, inputs, kind=kind)
+    run = tracker.start_stage(stage, key, config, inputs, kind=kind, label=label)
     ctx = StageContext(stage=stage, key=key, checkpoint_dir=store.checkpoint_dir(stage, key),
                        device=resolve_device(device), seed=stage_seed(config, key), logger=log, run=run)
     started, t0 = utc_now(), time.perf_counter()
@@ -333,10 +335,10 @@ class Stage:
 
     def run(self, store: ArtifactStore, config: StageConfig, inputs: Mapping[str, ArtifactRef] | None = None,
             tracker: Tracker | None = None, *, force: bool = False, device: str | None = None,
-            logger: logging.Logger | logging.LoggerAdapter | None = None) -> ArtifactRef:
+            logger: logging.Logger | logging.LoggerAdapter | None = None, label: str | None = None) -> ArtifactRef:
         """:func:`run_stage` with this stage's function and options (what the Prefect task calls)."""
         return run_stage(store, self.name, self.fn, inputs or {}, config, self.kind, tracker, force=force,
-                         device=device, on_oom=self.on_oom, logger=logger)
+                         device=device, on_oom=self.on_oom, logger=logger, label=label)
 
 
 def make_stage_task(stage_name: str, fn: StageFn, kind: ArtifactKind, *, retries: int = 2,

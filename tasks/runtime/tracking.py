@@ -32,12 +32,15 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ddcore.config import StageConfig
 from tasks.runtime.mlflow_client import RetryingClient, clip, flatten, is_number, metric_key, uri_lock
 from tasks.runtime.mlflow_source import artifact_source
 from tasks.runtime.refs import ArtifactRef, code_version, code_version_label
+
+if TYPE_CHECKING:
+    from tasks.runtime.stage_run import StageRun
 
 log = logging.getLogger("ddflow.tracking")
 T = TypeVar("T")
@@ -45,6 +48,8 @@ T = TypeVar("T")
 _WARNED: set[str] = set()
 _WARNED_GUARD = threading.Lock()
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment in its GenAI or its model-training view after this tag.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 class Tracker:
@@ -152,9 +157,12 @@ class Tracker:
         client = RetryingClient(MlflowClient(tracking_uri=uri), self._lock)
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
-            self.experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+            self.experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location,
+                                                          tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # MLflow 3 would guess (and often guess GenAI)
+                client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return client
 
     def start(self) -> bool:
@@ -214,15 +222,18 @@ class Tracker:
         return out
 
     def start_stage(self, stage: str, key: str, config: StageConfig, inputs: Mapping[str, ArtifactRef], *,
-                    kind: str, status: str = "running") -> StageRun:
-        """Open the nested run of one stage (params, tags, input datasets)."""
+                    kind: str, status: str = "running", label: str | None = None) -> StageRun:
+        """Open the nested run of one stage (params, tags, input datasets), named ``label`` (the plan node:
+        ``distill dm ipc10``) or the stage."""
+        from tasks.runtime.stage_run import StageRun
+
         def go() -> str:
             client = self.client()
             tags = {**default_tags(), "ddflow.role": "stage", "ddflow.stage": stage, "ddflow.stage_key": key,
-                    "ddflow.kind": kind, "ddflow.status": status}
+                    "ddflow.kind": kind, "ddflow.status": status, "ddflow.node": label or stage}
             if self.parent_run_id:
                 tags[PARENT_TAG] = self.parent_run_id
-            run = client.create_run(self.experiment_id, run_name=stage, tags=tags)
+            run = client.create_run(self.experiment_id, run_name=label or stage, tags=tags)
             run_id = run.info.run_id
             self._opened.add(run_id)
             params = {**flatten(config.model_dump(mode="json")), "config_digest": config.digest(), "stage_key": key}
@@ -233,10 +244,52 @@ class Tracker:
         return StageRun(self, self._guard(f"starting stage {stage}", go))
 
     def record_cached(self, stage: str, ref: ArtifactRef, config: StageConfig,
-                      inputs: Mapping[str, ArtifactRef]) -> None:
-        """A finished nested run for a stage whose output was reused (``ddflow.status=cached``)."""
-        run = self.start_stage(stage, ref.key, config, inputs, kind=ref.kind, status="cached")
-        run.finish(ref, {}, status=None)
+                      inputs: Mapping[str, ArtifactRef], *, label: str | None = None) -> None:
+        """A stage whose output was reused logs no run of its own: the pipeline run gets the tag
+        ``ddflow.cached.<label>`` = the id of the run that computed it (``untracked`` if none is known)."""
+        if self.parent_run_id is None:
+            return
+        parent = self.parent_run_id
+
+        def go() -> None:
+            client = self.client()
+            made = client.search_runs([self.experiment_id], f"tags.`ddflow.stage_key` = '{ref.key}' and "
+                                      "tags.`ddflow.status` = 'computed' and attributes.status = 'FINISHED'",
+                                      max_results=1, order_by=["attributes.start_time DESC"])
+            client.set_tag(parent, metric_key(f"ddflow.cached.{label or stage}"),
+                           made[0].info.run_id if made else "untracked")
+
+        self._guard(f"recording cached stage {stage}", go)
+
+    def log_pipeline_inputs(self, inputs: Mapping[str, ArtifactRef]) -> None:
+        """Record ``inputs`` (the ingested dataset) as input datasets of the pipeline run."""
+        if self.parent_run_id is not None:
+            parent = self.parent_run_id
+            self._guard("logging the pipeline's inputs", lambda: self._log_inputs(parent, inputs))
+
+    def log_pipeline_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` (the resolved config as YAML) as an artifact of the pipeline run."""
+        if self.parent_run_id is not None:
+            parent = self.parent_run_id
+            self._guard("logging a run artifact", lambda: self.client().log_text(parent, text, artifact_file))
+
+    def log_pipeline_results(self, rows: list[Mapping[str, Any]]) -> None:
+        """The report rows on the pipeline run: metrics ``<method>/ipc<IPC>/<score>`` (accuracy, random, IOR,
+        HLR, LRS, with their stds) and the table as ``results/table.json`` (MLflow's table artifact)."""
+        if self.parent_run_id is None or not rows:
+            return
+        parent = self.parent_run_id
+        scores = ("acc_mean", "acc_std", "random_mean", "random_std", "ior", "ior_std", "hlr", "hlr_std", "lrs")
+        metrics = [(f"{r['method']}/ipc{r['ipc']}/{k}", float(r[k]), 0) for r in rows for k in scores
+                   if is_number(r.get(k))]
+        columns = ("method", "ipc", *scores, "seconds", "digest")
+        table = {c: [r.get(c) for r in rows] for c in columns}
+
+        def go() -> None:
+            self._log_batch(parent, metrics=metrics)
+            self.client().log_table(parent, data=table, artifact_file="results/table.json")
+
+        self._guard("logging the results", go)
 
     def run_tags(self, run_id: str) -> dict[str, str] | None:
         """Tags of run ``run_id`` (used by lineage to map a run to its output), ``None`` when unavailable."""
@@ -276,78 +329,6 @@ class Tracker:
                     InputTag("ddflow.sha256", ref.sha256)]
             datasets.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags))
         self.client().log_inputs(run_id, datasets=datasets)
-
-
-class StageRun:
-    """The nested MLflow run of one stage execution; every method is a no-op when tracking is off."""
-
-    def __init__(self, tracker: Tracker, run_id: str | None) -> None:
-        self.tracker, self.run_id = tracker, run_id
-        self._pending: list[tuple[str, float, int]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def active(self) -> bool:
-        return self.run_id is not None and self.tracker.enabled
-
-    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Buffer numeric ``metrics`` at ``step``; flushed in batches of 500 and at the end."""
-        if not self.active:
-            return
-        with self._lock:
-            self._pending.extend((k, float(v), int(step)) for k, v in metrics.items() if is_number(v))
-            flush = len(self._pending) >= 500
-        if flush:
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        if pending and self.active:
-            run_id = str(self.run_id)
-            self.tracker._guard("logging metrics", lambda: self.tracker._log_batch(run_id, metrics=pending))
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Copy a local file (an image, a report) into the run's artifacts."""
-        if self.active:
-            run_id = str(self.run_id)
-            self.tracker._guard("logging an artifact",
-                                lambda: self.tracker.client().log_artifact(run_id, str(path), artifact_path))
-
-    def finish(self, ref: ArtifactRef, metrics: Mapping[str, Any], *, ref_file: str | None = None,
-               status: str | None = "computed") -> None:
-        """Log the final metrics, the output tags (and ``ref.json``), and close the run as FINISHED."""
-        self.flush()
-        if not self.active:
-            return
-        run_id = str(self.run_id)
-        tags = {"ddflow.output_digest": ref.sha256, "ddflow.output_uri": ref.uri, "ddflow.kind": ref.kind,
-                **{f"result.{k}": v for k, v in metrics.items() if not is_number(v)}}
-        if status:
-            tags["ddflow.status"] = status
-        final = [(k, float(v), 0) for k, v in metrics.items() if is_number(v)]
-
-        def go() -> None:
-            self.tracker._log_batch(run_id, tags=tags, metrics=final)
-            if ref_file and Path(ref_file).is_file():
-                self.tracker.client().log_artifact(run_id, ref_file, "ddflow")
-            self.tracker.client().set_terminated(run_id, "FINISHED")
-            self.tracker._opened.discard(run_id)
-
-        self.tracker._guard("finishing a stage run", go)
-
-    def fail(self, exc: BaseException) -> None:
-        self.flush()
-        if self.active:
-            run_id = str(self.run_id)
-            msg = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-
-            def go() -> None:
-                self.tracker._log_batch(run_id, tags={"ddflow.status": "failed", "ddflow.error": msg})
-                self.tracker.client().set_terminated(run_id, "FAILED")
-                self.tracker._opened.discard(run_id)
-
-            self.tracker._guard("failing a stage run", go)
 
 
 def default_tags() -> dict[str, str]:
