@@ -33,3 +33,7 @@ class WeightsError(DDFlowError):
 
 class DistillationError(DDFlowError):
     """Distillation diverged or cannot proceed (e.g. NaN in synthetic images)."""
+
+
+class ExportError(DDFlowError):
+    """An export cannot be written (target folder in the way, optional package missing)."""

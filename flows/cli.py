@@ -157,15 +157,39 @@ def show(
     try:
         from ddcore.data.artifact import DatasetArtifact
         from ddcore.data.grid import artifact_grid, png_bytes
+        from ddcore.data.storage import check_output_file, write_file_atomic
 
+        check_output_file(out)  # before drawing: a bad --out fails at once
         art = DatasetArtifact.open(artifact)
-        data = png_bytes(artifact_grid(art, split=split, per_class=per_class, seed=seed, scale=scale))
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        write_file_atomic(out, png_bytes(artifact_grid(art, split=split, per_class=per_class, seed=seed, scale=scale)))
     except DDFlowError as exc:
         fail(exc)
     console.print(f"wrote {out}")
+
+
+@app.command()
+def export(
+    artifact: Annotated[str, typer.Argument(help="Dataset artifact (folder or URL) to export, e.g. a distilled set.")],
+    fmt: Annotated[str, typer.Option("--format", help="png | imagefolder | pt | hf")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (absent or empty).")],
+    split: Annotated[str | None, typer.Option(help="Only this split (default: train for png, all for the others).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it is not empty (its contents are deleted).")]
+    = False,
+) -> None:
+    """Export an artifact for other tools: png (per-class PNG folders of one split), imagefolder (train/ and test/
+    class folders, ingestible), pt (one dict of tensors for torch.load(weights_only=True)), hf (a Hugging Face
+    datasets folder, load_from_disk). imagefolder, pt and hf read back with 'ddflow ingest OUT'."""
+    try:
+        from ddcore.data.export import export_artifact
+
+        res = export_artifact(artifact, fmt, out, split=split, overwrite=overwrite)
+    except DDFlowError as exc:
+        fail(exc)
+    counts = ", ".join(f"{s} {n}" for s, n in res.counts.items())
+    console.print(f"wrote {res.fmt} export of {sum(res.counts.values())} images ({counts}) to {res.out}")
+    for note in res.notes:
+        console.print(f"note: {note}")
 
 
 def print_summary(summary: dict) -> None:
@@ -283,20 +307,29 @@ def plan(
 @app.command()
 def evaluate(
     synthetic: Annotated[str, typer.Argument(help="Synthetic-set artifact folder to evaluate.")],
-    data: Annotated[str, typer.Option("--data", help="Dataset artifact with the real test split.")],
-    config: Annotated[Path, typer.Option("--config", help="Config whose 'evaluation' recipe is used.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset artifact with the real test split (required).")]
+    = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config whose 'evaluation' recipe is used "
+                                                "(required).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set evaluation.num_eval=3")]
     = None,
     root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
 ) -> None:
     """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
     try:
+        from ddcore.errors import ConfigError
         from flows.config import load_config
 
+        if data is None or config is None:  # checked here: a missing option is then one error line, too
+            raise ConfigError("missing option --data; pass the dataset artifact with the real test split"
+                              if data is None else
+                              "missing option --config; pass the run config whose evaluation recipe is used")
         load_config(str(config), overrides or [])
         _prefect_env(root)
-        from flows.reuse import evaluate_flow
+        from flows.reuse import check_inputs, evaluate_flow
 
+        check_inputs(synthetic, data)  # before Prefect starts: a wrong path or a mismatch fails at once
+        configure_run_logging()
         row = evaluate_flow(synthetic, data, str(config), overrides or [], root)
     except DDFlowError as exc:
         fail(exc)
@@ -387,6 +420,11 @@ def serve(
                      root=root, force=force, limit=limit)
     except DDFlowError as exc:
         fail(exc)
+
+
+from flows.cli_config import config_app  # noqa: E402 - the `ddflow config` sub-commands (schema, docs)
+
+app.add_typer(config_app, name="config")
 
 
 if __name__ == "__main__":  # pragma: no cover

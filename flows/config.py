@@ -24,14 +24,23 @@ from tasks.configs import EncodeConfig
 
 
 class CoreSetConfig(PruneConfig):
-    """Hyperbolic core set before distillation: the methods that match against the kept fraction."""
+    """Hyperbolic core set before distillation (stage ``extract_features``): the listed methods distil from the kept
+    fraction of each class instead of the whole train split.
+
+    Attributes:
+        methods: the methods (keys of ``methods``) that distil from the core set.
+    """
 
     methods: list[str] = ["hdd"]
 
 
 class PostPruneConfig(PruneConfig):
     """Pruning after distillation: each listed method is also distilled at ``ipc / fraction`` and pruned
-    back to ``ipc``, so the report shows pruned vs unpruned vs distilled-directly."""
+    back to ``ipc``, so the report shows pruned vs unpruned vs distilled-directly.
+
+    Attributes:
+        methods: the methods (keys of ``methods``) that are also distilled larger and pruned.
+    """
 
     methods: list[str] = []
 
@@ -40,8 +49,14 @@ class SoftLabelConfig(StageConfig):
     """Soft-label evaluation (docs/methods.md §5.4): a teacher trained on the real data (stage ``train_teacher``)
     gives KL targets at temperature ``temperature`` on every augmented batch. Each listed method's sets are
     evaluated a second time this way (rows ``<method>+soft``) beside a random baseline under the same
-    teacher; the hard-label rows stay, so every method remains comparable. ``temperature`` 20 is D4M's
-    script value (its argparse default is 3)."""
+    teacher; the hard-label rows stay, so every method remains comparable.
+
+    Attributes:
+        teacher: how the teacher is trained on the real train split.
+        temperature: T of the KL(teacher_T ‖ student_T) targets; 20 is D4M's script value (its argparse
+            default is 3).
+        methods: the methods (keys of ``methods``) whose sets are also evaluated under the teacher.
+    """
 
     teacher: TeacherConfig = TeacherConfig()
     temperature: float = Field(20.0, gt=0)
@@ -49,7 +64,13 @@ class SoftLabelConfig(StageConfig):
 
 
 class TrackingConfig(StageConfig):
-    """MLflow: ``uri`` (default ``sqlite:///<root>/mlflow.db``), experiment name, on/off."""
+    """MLflow tracking of the run (one parent run, a nested run per stage); the lineage is in ``ref.json`` either way.
+
+    Attributes:
+        enabled: log to MLflow; ``false``: no tracking.
+        uri: MLflow tracking URI; ``null``: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db``.
+        experiment: MLflow experiment name.
+    """
 
     enabled: bool = True
     uri: str | None = None
@@ -59,9 +80,29 @@ class TrackingConfig(StageConfig):
 class RunConfig(StageConfig):
     """Top-level pipeline config.
 
-    ``class_groups``: split every DM/HDD/NCFM distillation into this many class-group tasks (one
-    device each) merged into one set; 1 = one task per distillation. Evaluation always fans out one
-    task per round (seed).
+    Attributes:
+        name: the run's name: its summary is written to ``<root>/runs/<name>/summary.json`` (a plain folder
+            name: no ``/``, no ``..``).
+        seed: the seed of every method that sets none (the other sections have a ``seed`` of their own).
+        device: ``auto`` (the visible GPUs round robin, else the CPU) or a fixed torch device (``cpu``,
+            ``cuda:1``).
+        ipcs: images per class to distil at; every method runs at each.
+        data: the real dataset: where it comes from and how it is ingested (stage ``ingest``).
+        core_set: a hyperbolic core set some methods distil from (stage ``extract_features``); ``null``: none.
+        prune: post-distillation pruning of some methods' sets (stage ``prune``); ``null``: none.
+        soft_labels: soft-label evaluation under a teacher trained on the real data (stage ``train_teacher``);
+            ``null``: hard labels only.
+        vae: the VAE of the latent methods (DDOQ/D4M, stage ``train_vae``); used only when such a method runs.
+        encode: encoding the dataset into VAE latents (stage ``encode_latents``).
+        evaluation: the recipe every set (and its random baseline) is evaluated with.
+        random_baseline: evaluate a random real subset of the same IPC under the same recipe (for IOR).
+        class_groups: split every DM/HDD/NCFM distillation into this many class-group tasks (one device
+            each) merged into one set; 1 = one task per distillation. Evaluation always fans out one task per
+            round (seed).
+        full_data_acc: the accuracy (a fraction) a network trained on the whole real train split reaches, as you
+            measured or quote it; the report computes HLR and LRS from it (``null``: none).
+        runner: how stage tasks are executed (threads or Ray).
+        tracking: MLflow tracking.
     """
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under runs/: no "..", no "/"

@@ -139,7 +139,7 @@ def build_plan(cfg: RunConfig, *, num_classes: int | None) -> Plan:
         raise ConfigError(f"class_groups: {cfg.class_groups} groups for {num_classes} classes; use at most "
                           f"{num_classes} (one class per group)")
     b = _Builder()
-    b.add(Node(INGEST, INGEST, cfg.data, {}, "flow"))
+    b.add(Node(INGEST, INGEST, cfg.data.pinned(), {}, "flow"))  # kind artifact: keyed on its digest
     if cfg.core_set is not None and cfg.core_set.methods:
         b.add(Node(FEATURES, FEATURES, cfg.prune_config(cfg.core_set), {"dataset": INGEST}, "flow"))
     needs = cfg.method_needs()

@@ -15,7 +15,8 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
 
     * ``fashion-mnist`` (or ``fashion_mnist``): the IDX files from their default locations;
     * a folder with the Fashion-MNIST IDX files, CIFAR python batches, or class sub-folders;
-    * a ``.npz`` file;
+    * a ``.npz`` file; a ``.pt`` file or a folder with ``dataset.pt`` (``ddflow export --format pt``);
+    * a Hugging Face ``save_to_disk`` folder (``dataset_dict.json`` or ``state.json``; ``ddflow export --format hf``);
     * a WebDataset URL or brace pattern ending in ``.tar`` (``pipe:...`` and fsspec URLs too).
     """
     spec: dict[str, Any]
@@ -33,7 +34,13 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
         if not p.exists():
             raise DataError(f"source not found: {source}; pass a folder, a .npz file, a shard URL or 'fashion-mnist'")
         names = {c.name for c in p.iterdir()} if p.is_dir() else set()
-        if any(stem in names or stem + ".gz" in names for stem in FILES["train"]):
+        if p.is_file() and p.suffix == ".pt":
+            spec = {"kind": "pt", "path": str(p)}
+        elif "dataset.pt" in names:
+            spec = {"kind": "pt", "path": str(p / "dataset.pt")}
+        elif "dataset_dict.json" in names or {"state.json", "dataset_info.json"} <= names:
+            spec = {"kind": "hf_disk", "root": str(p)}
+        elif any(stem in names or stem + ".gz" in names for stem in FILES["train"]):
             spec = {"kind": "fashion_mnist", "root": str(p)}
         elif "data_batch_1" in names or ("train" in names and (p / "train").is_file()):
             spec = {"kind": "cifar", "root": str(p)}

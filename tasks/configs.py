@@ -59,7 +59,12 @@ class MergeConfig(StageConfig):
 
 
 class EncodeConfig(StageConfig):
-    """Latent encoding: batch size and stored dtype of the latents."""
+    """Latent encoding: batch size and stored dtype of the latents.
+
+    Attributes:
+        batch_size: images encoded per VAE forward pass.
+        dtype: dtype the latents are stored in.
+    """
 
     batch_size: int = Field(256, ge=1)
     dtype: Literal["float16", "float32"] = "float32"

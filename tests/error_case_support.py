@@ -291,3 +291,59 @@ def _bomb(tmp: Path) -> Case:
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     (root / "b" / "1.png").write_bytes(bytes(data))
     return Case(args=["ingest", str(root), "--out", str(tmp / "out")])
+
+
+def _pt(tmp: Path, obj: Any) -> str:
+    """``obj`` saved with torch.save as ``tmp/x.pt``, numpy arrays (also as dict values) as tensors; bytes are
+    written as they are."""
+    import torch
+
+    def tensor(v: Any) -> Any:
+        return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+
+    path = tmp / "x.pt"
+    if isinstance(obj, bytes):
+        path.write_bytes(obj)
+    else:
+        torch.save({k: tensor(v) for k, v in obj.items()} if isinstance(obj, dict) else tensor(obj), path)
+    return str(path)
+
+
+def _hf_folder(tmp: Path, *, image_column: str = "image", state: bool = True) -> str:
+    """A one-split save_to_disk-style folder (``tmp/hf``): an Arrow stream with ``image_column`` and ``label``."""
+    import pyarrow as pa
+
+    root = tmp / "hf"
+    (root / "train").mkdir(parents=True)
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    table = pa.table({image_column: [{"bytes": encode_png(np.zeros((4, 4), np.uint8)), "path": None}], "label": [0]})
+    with pa.OSFile(str(root / "train" / "data.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    (root / "train" / "dataset_info.json").write_text("{}")
+    if state:
+        (root / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
+    return str(root)
+
+
+@contextmanager
+def _no_datasets() -> Iterator[None]:
+    """``import datasets`` fails inside (as without the optional package)."""
+    saved = sys.modules.get("datasets")
+    sys.modules["datasets"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del sys.modules["datasets"]
+        else:
+            sys.modules["datasets"] = saved
+
+
+def _artifact_source(tmp: Path, fmnist: Path, path: Path | str, *, damage: Callable[[Path], Any] | None = None,
+                     sha256: str | None = None) -> Case:
+    """A run whose data is ``{kind: artifact, path: path}`` (optionally damaged first, or pinned to ``sha256``); it
+    fails in its ingest stage."""
+    if damage is not None:
+        damage(Path(path))
+    pin = f", sha256: '{sha256}'" if sha256 else ""
+    return _run(tmp, fmnist, "methods: {random: {width: 8}}", source=f"{{kind: artifact, path: '{path}'{pin}}}")

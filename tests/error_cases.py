@@ -15,6 +15,7 @@ from conftest import class_images
 from error_case_support import (  # noqa: F401 - run_config is re-exported for the catalogue test
     Case,
     _artifact,
+    _artifact_source,
     _bomb,
     _broken_denoiser,
     _cifar,
@@ -25,13 +26,16 @@ from error_case_support import (  # noqa: F401 - run_config is re-exported for t
     _folder,
     _free_port,
     _gz_truncated,
+    _hf_folder,
     _idx_incomplete,
     _load_teacher,
     _lock_timeout,
+    _no_datasets,
     _no_prefect_api,
     _no_space,
     _npz,
     _npz_run,
+    _pt,
     _run,
     _set_meta,
     _shards,
@@ -71,6 +75,9 @@ CASES: dict[str, CaseFn] = {
     "config-force": lambda t, f: Case(args=["run", run_config(t, f), "--root", str(t / "root"), "--force", "distil"],
                                       flow=True),
     "plan-format": lambda t, f: Case(args=["plan", run_config(t, f), "--root", str(t / "root"), "--format", "dot"]),
+    "export-format": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "tiff", "--out", str(t / "o")]),
+    "config-artifact-subset": lambda t, f: Case(args=["run", run_config(
+        t, f, source=f"{{kind: artifact, path: '{t / 'a'}'}}"), "--set", "data.max_per_class=2"]),
     # data
     "data-source-missing": lambda t, f: Case(args=["ingest", str(t / "nope"), "--out", str(t / "out")]),
     "data-source-unknown": lambda t, f: (t / "x.bin").write_bytes(b"?") and Case(
@@ -108,7 +115,20 @@ CASES: dict[str, CaseFn] = {
     "data-bomb": lambda t, f: _bomb(t),
     "data-no-space": _no_space,
     "data-exists": lambda t, f: Case(args=["ingest", _npz(t), "--out", str(_artifact(t))]),
+    "data-out-not-artifact": lambda t, f: (t / "notes").mkdir() or (t / "notes" / "a.txt").write_text("x") and Case(
+        args=["ingest", _npz(t), "--out", str(t / "notes")]),
+    "data-out-holds-source": lambda t, f: Case(args=["ingest", _folder(t, {"a": [(8, 8)], "b": [(8, 8)]}), "--out",
+                                                     str(t), "--overwrite"]),
     "data-ipc-too-large": lambda t, f: _run(t, f, "methods: {dm: {iterations: 1, width: 8}}\nipcs: [20]"),
+    "data-pt-unreadable": lambda t, f: Case(args=["ingest", _pt(t, b"not a torch file"), "--out", str(t / "o")]),
+    "data-pt-keys": lambda t, f: Case(args=["ingest", _pt(t, np.zeros((2, 1, 4, 4), np.float32)), "--out",
+                                            str(t / "o")]),
+    "data-pt-entry": lambda t, f: Case(args=["ingest", _pt(t, {"images": np.zeros((2, 1, 4, 4), np.float32),
+                                                               "labels": np.array([0, 1, 1])}), "--out", str(t / "o")]),
+    "data-pt-range": lambda t, f: Case(args=["ingest", _pt(t, {"images": np.full((2, 1, 4, 4), -1.5, np.float32),
+                                                               "labels": np.array([0, 1])}), "--out", str(t / "o")]),
+    "data-hf-folder": lambda t, f: Case(args=["ingest", _hf_folder(t, state=False), "--out", str(t / "o")]),
+    "data-hf-columns": lambda t, f: Case(args=["ingest", _hf_folder(t, image_column="img"), "--out", str(t / "o")]),
     # artifacts
     "artifact-missing": lambda t, f: Case(args=["info", str(t / "nope")]),
     "artifact-incomplete": lambda t, f: _damaged(t, lambda a: (a / "dataset.json").unlink()),
@@ -125,6 +145,17 @@ CASES: dict[str, CaseFn] = {
     "root-not-writable": lambda t, f: Case(args=["run", run_config(t, f), "--root", "/proc/ddflow-root"]),
     "lineage-unknown": lambda t, f: Case(args=["lineage", "abcdef12", "--root", str(t / "root")]),
     "lineage-folder": lambda t, f: Case(args=["lineage", str(_artifact(t)), "--root", str(t / "root")]),
+    "export-exists": lambda t, f: (t / "full").mkdir() or (t / "full" / "x").write_text("x") and Case(
+        args=["export", str(_artifact(t)), "--format", "png", "--out", str(t / "full")]),
+    "export-overlaps": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "png", "--out", str(t),
+                                               "--overwrite"]),
+    "export-hf-missing": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "hf", "--out", str(t / "o")],
+                                           context=_no_datasets),
+    "artifact-source-missing": lambda t, f: _artifact_source(t, f, t / "nope"),
+    "artifact-source-not-dataset": lambda t, f: _artifact_source(t, f, _npz(t)),
+    "artifact-source-damaged": lambda t, f: _artifact_source(t, f, _artifact(t), damage=lambda a: (
+        a / "train-000000.tar").write_bytes((a / "train-000000.tar").read_bytes()[:-512])),
+    "artifact-source-digest": lambda t, f: _artifact_source(t, f, _artifact(t), sha256="0" * 64),
     # weights
     "weights-missing": lambda t, f: _run(t, f, f"methods: {{ddoq: {{}}}}\nvae: {{source: pretrained, "
                                                f"pretrained_path: {t / 'no-vae'}}}"),

@@ -52,7 +52,7 @@ def test_ddcore_runtime_stages_and_plan_load_without_prefect_or_mlflow() -> None
     """Importing every ddcore module, every runtime module except the Prefect adapter, every stage module and the
     plan (its builder and its store view) leaves prefect and mlflow unloaded."""
     modules = [*_modules("ddcore"), *[m for m in _modules("tasks") if m != "tasks.runtime.prefect_task"],
-               "flows.plan", "flows.plan_view", "flows.config"]
+               "flows.plan", "flows.plan_view", "flows.config", "flows.config_docs", "flows.config_schema"]
     loaded = _loaded_after_import(modules)
     assert not loaded & {"prefect", "mlflow"}
 

@@ -91,6 +91,9 @@ class ArtifactWriter:
         self.fs, self.final = fsio.get_fs(out)
         if self.fs.exists(fsio.join(self.final, METADATA)) and not overwrite:
             raise ArtifactError(f"artifact already exists at {out}; pass --overwrite or choose another --out")
+        if self.fs.isdir(self.final) and self.fs.ls(self.final) and not self.fs.exists(fsio.join(self.final, METADATA)):
+            raise ArtifactError(f"--out {out} is a folder that is not a dataset artifact and publishing would delete "
+                                "its contents; choose another --out")
         self.name, self.classes, self.image_shape = name, list(classes), tuple(int(v) for v in image_shape)
         self.source, self.shard_size, self.storage = source, shard_size, storage
         self.fixed_mean, self.fixed_std, self.extra = mean, std, extra or {}

@@ -18,6 +18,11 @@ class HDDOptions(StageConfig):
 
     ``clamp_radius = 10`` (:data:`~ddcore.geometry.lorentz.CODE_CLAMP_RADIUS`) is code-faithful (the released
     code's vendored geoopt); ``None`` is the theory-faithful, unclamped map.
+
+    Attributes:
+        k: curvature parameter (K = -1/k).
+        scale: λ, the factor of the geodesic distance between the Lorentzian centroids.
+        clamp_radius: ``expmap0`` radius clamp; ``None``: unclamped.
     """
 
     k: float = Field(1.0, gt=0)
@@ -26,7 +31,15 @@ class HDDOptions(StageConfig):
 
 
 class PoolOptions(StageConfig):
-    """NCFM's pretrained feature-extractor pool (docs/methods.md §4.4); ``num_models = 0`` disables it."""
+    """NCFM's pretrained feature-extractor pool (docs/methods.md §4.4); ``num_models = 0`` disables it.
+
+    Attributes:
+        num_models: networks trained on the real data (0: no pool, a fresh random network per iteration).
+        epochs: training epochs of each pool network.
+        lr: SGD learning rate of that training.
+        batch_size: images per step of that training.
+        seed: seed of the pool networks (network m: ``seed + m``).
+    """
 
     num_models: int = Field(0, ge=0)
     epochs: int = Field(60, ge=1)
@@ -37,7 +50,24 @@ class PoolOptions(StageConfig):
 
 class NCFMOptions(StageConfig):
     """NCFM (docs/methods.md §4). Reference values: α = β = 0.5, ×300, 4096 frequencies, factor 2, L2-normalised
-    features (``normalize: false`` is an ablation that feeds raw features to the characteristic function)."""
+    features (``normalize: false`` is an ablation that feeds raw features to the characteristic function).
+
+    Attributes:
+        alpha, beta: weights of the amplitude and phase terms of the characteristic-function discrepancy.
+        scale: factor of the loss.
+        normalize: L2-normalise the features before the characteristic function.
+        num_freqs: frequencies t drawn per iteration.
+        sampling_net: draw t from the trained sampling network ψ (it ascends the same loss) instead of N(0, I).
+        sampler_kind: ψ's form: ``mixture`` (the paper's) or ``code`` (the released code's).
+        sampler_group: frequencies per ψ component.
+        psi_lr, psi_momentum: SGD (ascent) of ψ.
+        factor: 2: each stored image is a 2x2 mosaic decoded into four images (multi-formation); 1: whole images.
+            Unset: 2 with ``init: mix``, else 1.
+        calibration_weight: weight of the cross-entropy calibration step on the pool's final model (needs a
+            pool); unset: 1 with a pool, else 0.
+        pool: the pretrained feature-extractor pool.
+        weight_decay: AdamW weight decay of the synthetic images.
+    """
 
     alpha: float = Field(0.5, ge=0)
     beta: float = Field(0.5, ge=0)
@@ -87,10 +117,8 @@ class DistillConfig(StageConfig, NamesNetwork):
         init: ``real`` (random real images), ``noise``, or ``mix`` (NCFM mosaics of 4 real images).
         lr_img: image learning rate; DM/HDD use SGD with ``momentum``; NCFM uses AdamW
             (reference effective lr 1e-3).
+        momentum: SGD momentum of the image optimiser (DM/HDD).
         batch_real: real images per class per iteration.
-        For ``method: ncfm`` the keys ``lr_img``, ``batch_real`` and ``init`` default to NCFM's reference
-        values (:data:`NCFM_DEFAULTS`), and an unset ``ncfm.factor`` is 2 with ``init: mix`` and 1
-        otherwise; ``factor: 2`` with ``init: real`` (each real image cut into four) is refused.
         dsa_strategy: Siamese augmentation families (DM/HDD); NCFM uses IDC color_crop_cutout.
         class_chunk: classes per forward pass; ``None`` = all classes in one pass (exact with
             instance norm or no norm); smaller values trade speed for memory and give the same
@@ -104,6 +132,12 @@ class DistillConfig(StageConfig, NamesNetwork):
             :func:`~ddcore.distill.merge.merge_class_groups`); ``None`` = every class.
         checkpoint_every: save the loop state every N iterations (0 = never).
         log_every: report the loss every N iterations.
+        hdd: HDD's options (``method: hdd``).
+        ncfm: NCFM's options (``method: ncfm``).
+
+    For ``method: ncfm`` the keys ``lr_img``, ``batch_real`` and ``init`` default to NCFM's reference
+    values (:data:`NCFM_DEFAULTS`), and an unset ``ncfm.factor`` is 2 with ``init: mix`` and 1
+    otherwise; ``factor: 2`` with ``init: real`` (each real image cut into four) is refused.
     """
 
     method: Literal["dm", "hdd", "ncfm"]
@@ -171,7 +205,16 @@ def distilled_classes(cfg: DistillConfig, num_classes: int) -> list[int]:
 
 
 class BaselineConfig(StageConfig, NamesNetwork):
-    """Selection baselines (docs/methods.md §6): a random real subset, or herding in a ConvNet embedding."""
+    """Selection baselines (docs/methods.md §6): a random real subset, or herding in a ConvNet embedding.
+
+    Attributes:
+        method: ``random`` | ``herding``.
+        ipc: images per class selected.
+        seed: seed of the random pick (and of herding's network).
+        network, width, depth: herding's embedding ConvNet.
+        feature_net: herding embeds with a ``random`` (seeded) network or one ``trained`` on the real data.
+        train_epochs: epochs of that training (``feature_net: trained``).
+    """
 
     method: Literal["random", "herding"]
     ipc: int = Field(10, ge=1)

@@ -57,14 +57,21 @@ class EvalConfig(StageConfig, NamesNetwork):
     Fields:
         protocol: the named recipe (``dm`` or ``ncfm``, :data:`PRESETS`) that fills every field not set.
         network: a name from :data:`ddcore.nets.NETWORK_NAMES`; ``depth``/``width`` as for ConvNet.
+        width, depth: the network's width (channels) and depth (``None``: the name's depth, 3 for ``convnet``).
         epochs: training epochs E. ``dc_extra_pass`` runs E + 1 passes, as ``range(Epoch + 1)`` does.
+        dc_extra_pass: run E + 1 passes (the DC/DSA/DM reference loop) instead of E.
         optimizer: ``sgd`` (uses ``momentum``) or ``adamw``; ``lr``, ``weight_decay`` for both.
+        lr, momentum, weight_decay: optimizer hyper-parameters (``momentum``: SGD only).
+        batch_size: images per step.
         lr_schedule: ``dm_halfway`` (×``lr_decay`` after pass E//2 + 1, optimizer re-created),
             ``multistep`` (×``lr_decay`` at 20/40/60/80 % of E), ``cosine`` (per epoch) or ``constant``.
+        lr_decay: the factor of ``dm_halfway`` and ``multistep``.
         augmentation: ``dsa`` (one family of ``dsa_strategy`` per batch, per-sample parameters),
             ``ncfm`` (flip + color + one of crop/scale/rotate, per sample) or ``none``.
+        dsa_strategy: the DSA families, ``_``-separated (e.g. ``color_crop_cutout_flip_scale_rotate``).
         cutmix, cutmix_beta, cutmix_prob: CutMix after augmentation.
         num_eval: number of fresh networks; run i uses seed ``seed + i``.
+        seed: seed of the first network (and of its shuffling and augmentation).
         test_every: test every this many epochs (0: only at the end); needed by ``selection='best'``.
         selection: ``last`` (accuracy after the last epoch) or ``best`` (max over tests: optimistic).
         soft_label_temperature: T of the KL(teacher_T ‖ student_T) loss used when soft labels or a

@@ -53,11 +53,15 @@ class TeacherConfig(StageConfig, NamesNetwork):
     Fields:
         network: a name from :data:`ddcore.nets.NETWORK_NAMES`; ``width``/``depth`` as for ConvNet
             (``depth=None``: the name's depth, 3 for ``convnet``).
+        width, depth: the network's width (channels) and depth.
         epochs: passes over the training split.
-        lr, momentum, weight_decay: SGD hyper-parameters. batch_size: images per step.
+        lr, momentum, weight_decay: SGD hyper-parameters.
+        batch_size: images per step.
         lr_schedule: ``cosine`` (per epoch, from ``lr`` towards 0), ``multistep`` (×``lr_decay`` at
             20/40/60/80 % of the epochs) or ``constant``.
+        lr_decay: the ``multistep`` factor.
         dsa: per-sample DSA augmentation (``dsa_strategy``) on every batch; off: no augmentation.
+        dsa_strategy: the DSA families, ``_``-separated (e.g. ``color_crop_cutout_flip_scale_rotate``).
         seed: network initialisation; shuffling and augmentation use sub-seeds derived from it.
     """
 

@@ -29,6 +29,15 @@ class PruneConfig(StageConfig, NamesNetwork):
     exceeds the radius lands at the same distance from the origin, and the ranking falls back to
     dataset order, so that combination is refused. ``centroid`` is the default. The ``clamp_radius`` default is
     the HDD code's :data:`~ddcore.geometry.lorentz.CODE_CLAMP_RADIUS`, as for distillation (``HDDOptions``).
+
+    Attributes:
+        fraction: share of each class kept.
+        reference: rank by geodesic distance to the class's Lorentz ``centroid`` or to the ``origin``.
+        order: keep the ``closest`` (smallest distances) or the ``farthest``.
+        k: curvature parameter of the Lorentz model (K = -1/k).
+        clamp_radius: ``expmap0`` radius clamp (10: the HDD code's); ``None``: unclamped.
+        network, width, depth: the seeded random ConvNet whose features are ranked.
+        seed: seed of that network.
     """
 
     fraction: float = Field(0.2, gt=0, le=1)

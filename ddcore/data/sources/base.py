@@ -22,6 +22,8 @@ class Sample:
         image: uint8 ``[H, W, C]``.
         label: class index.
         meta: JSON-serialisable provenance (e.g. the source file).
+        weight: optional per-sample loss weight (sources that carry one: ``.pt``, Hugging Face folders).
+        soft: optional float32 ``[num_classes]`` soft label (same sources).
     """
 
     split: str
@@ -29,6 +31,8 @@ class Sample:
     image: np.ndarray
     label: int
     meta: dict[str, Any] = field(default_factory=dict)
+    weight: float | None = None
+    soft: np.ndarray | None = None
 
 
 class Source(Protocol):
