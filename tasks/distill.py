@@ -52,8 +52,15 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
     keep = load_keep(inputs["features"].uri) if "features" in inputs else None
     needs = sorted(method.needs_for(config))
     given = {need: inputs[need].uri for need in needs}
+    total = getattr(config, "iterations", None)
+
+    def log(it: int, m: dict) -> None:
+        ctx.log_metrics(it, m)
+        if total:
+            ctx.progress(it, total, "iterations", **m)
+
     sset = method.run(MethodInputs(ArtifactSampler(art, "train", keep=keep), art, ctx.device, ctx.local_checkpoint_dir,
-                                   lambda it, m: ctx.log_metrics(it, m), **given), config)
+                                   log, **given), config)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
     part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""
     source = {"kind": "distill", "dataset": inputs["dataset"].uri, "dataset_digest": art.digest,

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.data import storage as fsio
+from ddcore.data.artifact import DatasetArtifact
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
@@ -38,6 +40,25 @@ def test_split(data: Any) -> str:
         if split in data.meta.counts:
             return split
     raise DataError(f"dataset {data.uri} has no test or val split; ingest one (e.g. --test-fraction 0.1)")
+
+
+def check_evaluation_inputs(synthetic: str, dataset: str) -> tuple[DatasetArtifact, DatasetArtifact]:
+    """Open and verify the set and the dataset, and check that they fit together, before any stage runs.
+
+    Raises:
+        ArtifactError: either is missing, not an artifact folder, or fails verification.
+        DataError: the dataset has no test (or val) split, or the two differ in classes or image shape.
+    """
+    syn, data = open_artifact(synthetic), open_artifact(dataset)
+    test_split(data)
+    if syn.meta.num_classes != data.meta.num_classes:
+        raise DataError(f"synthetic set {synthetic} has {syn.meta.num_classes} classes but dataset {dataset} has "
+                        f"{data.meta.num_classes}; pass --data the dataset the set was made from")
+    if tuple(syn.meta.image_shape) != tuple(data.meta.image_shape):
+        shapes = ["x".join(str(v) for v in a.meta.image_shape) for a in (syn, data)]
+        raise DataError(f"synthetic set {synthetic} holds {shapes[0]} images but dataset {dataset} holds {shapes[1]}; "
+                        "pass --data the dataset the set was made from")
+    return syn, data
 
 
 def _run_dict(run: Any) -> dict:
@@ -85,6 +106,11 @@ def _teacher(inputs: dict[str, ArtifactRef], wanted: bool, num_classes: int, ima
                         image_shape=image_shape)  # type: ignore[arg-type]
 
 
+def _progress(ctx: StageContext) -> Callable[[int, int, float], None]:
+    """Training progress of an evaluation network (pass ``ep`` of ``passes``, 0-based) for ``ctx.progress``."""
+    return lambda ep, passes, loss: ctx.progress(ep + 1, passes, "epochs", loss=loss)
+
+
 def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig, out: str,
                          ctx: StageContext) -> dict:
     """Round ``config.index``: train a fresh network on the synthetic set, test on the real test split."""
@@ -97,7 +123,8 @@ def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig
     run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
                              num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
                              soft_labels=sset.soft_labels if ev.use_soft_labels else None, teacher=teacher,
-                             device=ctx.device, checkpoint=_checkpoint(ctx, ev.checkpoint_every))
+                             device=ctx.device, checkpoint=_checkpoint(ctx, ev.checkpoint_every),
+                             progress=_progress(ctx))
     doc = {"kind": "synthetic-round", "index": i, "eval_config_digest": ev.eval.digest(), **_run_dict(run)}
     _write(out, doc)
     ctx.log_metrics(i, {"acc": run.acc})
@@ -114,7 +141,8 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
     teacher = _teacher(inputs, bc.teacher, k, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,
-                             teacher=teacher, device=ctx.device, checkpoint=_checkpoint(ctx, bc.checkpoint_every))
+                             teacher=teacher, device=ctx.device, checkpoint=_checkpoint(ctx, bc.checkpoint_every),
+                             progress=_progress(ctx))
     doc = {"kind": "random-round", "index": i, "eval_config_digest": bc.eval.digest(), **_run_dict(run),
            "subset_seed": bc.subset_seed + i}
     _write(out, doc)

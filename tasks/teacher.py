@@ -33,6 +33,7 @@ def teacher_stage(inputs: dict[str, ArtifactRef], config: TeacherConfig, out: st
 
     def progress(ep: int, passes: int, loss: float) -> None:
         ctx.log_metrics(ep, {"teacher_train_loss": loss})
+        ctx.progress(ep + 1, passes, "epochs", loss=loss)
 
     net, metrics = train_teacher((train_x, train_y), test_x, test_y, config=config, num_classes=k,
                                  device=ctx.device, progress=progress,

@@ -32,6 +32,7 @@ from typing import Any
 
 from ddcore.config import StageConfig
 from ddcore.errors import DDFlowError
+from tasks.runtime.progress import StageProgress
 from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
 from tasks.runtime.stage_run import StageRun
 from tasks.runtime.store import REF_FILE, ArtifactStore
@@ -95,6 +96,7 @@ class StageContext:
         seed: ``config.seed`` when the config has one, else a number derived from the stage key.
         attempt: 0, or the number of out-of-memory retries so far.
         logger: where to log progress lines.
+        label: the plan node's name (``distill dm ipc10``) used in progress lines; default the stage name.
     """
 
     stage: str
@@ -105,6 +107,8 @@ class StageContext:
     logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("ddflow.stage"))
     attempt: int = 0
     run: StageRun | None = None
+    label: str | None = None
+    _progress: StageProgress | None = field(default=None, repr=False)
 
     @property
     def local_checkpoint_dir(self) -> Path:
@@ -124,6 +128,13 @@ class StageContext:
         if self.run is not None:
             self.run.log_metrics(step, metrics)
         fault_point(self.stage, f"step{int(step)}")
+
+    def progress(self, done: int, total: int, unit: str = "steps", **metrics: Any) -> None:
+        """Report that ``done`` of ``total`` units are finished (a log line every few seconds, a Prefect
+        progress artifact, the terminal's bar: :mod:`tasks.runtime.progress`)."""
+        if self._progress is None:
+            self._progress = StageProgress(self.label or self.stage, self.logger)
+        self._progress.update(int(done), int(total), unit, **metrics)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Attach a local file (image, report) to the stage's MLflow run."""
@@ -172,7 +183,7 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
     log.info("stage %s: computing (key %s)", stage, key)
     run = tracker.start_stage(stage, key, config, inputs, kind=kind, label=label)
     ctx = StageContext(stage=stage, key=key, checkpoint_dir=store.checkpoint_dir(stage, key),
-                       device=resolve_device(device), seed=stage_seed(config, key), logger=log, run=run)
+                       device=resolve_device(device), seed=stage_seed(config, key), logger=log, run=run, label=label)
     started, t0 = utc_now(), time.perf_counter()
     effective, tmp = config, None
     try:
