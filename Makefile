@@ -7,7 +7,7 @@ FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_CACHE := $(HOME)/.cache/ddflow
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: venv data demo test test-all lint bench clean

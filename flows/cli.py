@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ddcore.errors import DDFlowError
+
+# torch warns at import time that torch.jit.script is deprecated (a dependency calls it, not ddflow): every
+# command printed it. Only that warning is silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ddflow: orchestrated, reproducible dataset distillation.")
@@ -60,8 +65,19 @@ def configure_run_logging() -> None:
             handler.addFilter(_NoUserErrorTracebacks())
 
 
+def _version(value: bool) -> None:
+    if value:
+        from tasks.runtime.refs import code_version, code_version_label
+
+        console.print(f"ddflow {code_version_label(code_version())}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print ddflow's version (and git commit) and exit.")] = False,
+         ) -> None:
     STATE["debug"] = debug or os.environ.get("DDFLOW_DEBUG") == "1"
 
 
@@ -83,6 +99,9 @@ def ingest(
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 5000,
     max_per_class: Annotated[int | None, typer.Option(help="Keep at most N samples per class and split.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    allow_16bit: Annotated[bool, typer.Option("--allow-16bit", help="Convert image-folder images of more than 8 bits "
+                                              "per sample to 8 bits (values above 255 clip) instead of refusing.")]
+    = False,
 ) -> None:
     """Turn a source into a canonical dataset artifact (WebDataset shards + manifest)."""
     try:
@@ -91,7 +110,7 @@ def ingest(
         from flows.source_args import source_from_argument
 
         spec = source_from_argument(source, name=name, test_fraction=test_fraction, split_seed=split_seed,
-                                    resize=resize, channels=channels, test_url=test_url)
+                                    resize=resize, channels=channels, test_url=test_url, allow_16bit=allow_16bit)
         cfg = IngestConfig.from_mapping({"source": spec, "shard_size": shard_size, "max_per_class": max_per_class},
                                         where="ingest")
         with _progress() as bar:
@@ -231,6 +250,9 @@ def print_summary(summary: dict) -> None:
     elif tracking.get("parent_run_id"):
         console.print(f"MLflow: run {tracking['parent_run_id']} in experiment {tracking['experiment']!r} "
                       f"at {tracking['uri']}")
+    plot = f"{summary['report']}/accuracy_vs_ipc.png" if summary.get("report") else None
+    if plot and ("://" in plot or Path(plot).is_file()):
+        console.print(f"plot: {plot}")
 
 
 @app.command()
@@ -250,9 +272,14 @@ def run(
         from flows.distill import run_with_runner
 
         configure_run_logging()
-        summary = run_with_runner(str(config), overrides or [], root, force or [])
+        from flows.cli_progress import stage_bars
+
+        with stage_bars(err_console):
+            summary = run_with_runner(str(config), overrides or [], root, force or [])
     except DDFlowError as exc:
         fail(exc)
+    except RuntimeError as exc:
+        fail(prefect_start_error(exc))
     print_summary(summary)
     from flows.orchestration import default_root
 
@@ -324,16 +351,30 @@ def evaluate(
             raise ConfigError("missing option --data; pass the dataset artifact with the real test split"
                               if data is None else
                               "missing option --config; pass the run config whose evaluation recipe is used")
-        load_config(str(config), overrides or [])
-        _prefect_env(root)
-        from flows.reuse import check_inputs, evaluate_flow
+        from tasks.evaluate import check_evaluation_inputs
 
-        check_inputs(synthetic, data)  # before Prefect starts: a wrong path or a mismatch fails at once
+        load_config(str(config), overrides or [])
+        check_evaluation_inputs(synthetic, data)  # before Prefect starts: a wrong path or a mismatch fails at once
+        _prefect_env(root)
+        from flows.reuse import evaluate_flow
+
         configure_run_logging()
         row = evaluate_flow(synthetic, data, str(config), overrides or [], root)
     except DDFlowError as exc:
         fail(exc)
     print_summary({"run": "evaluate", "config_digest": "-" * 12, "results": [row], "stages": [], "seconds": 0.0})
+
+
+def prefect_start_error(exc: RuntimeError) -> DDFlowError:
+    """Prefect's "Timed out while attempting to connect to ephemeral Prefect API server" as one line (any other
+    RuntimeError is re-raised: it is a bug, and its traceback is wanted)."""
+    if "ephemeral Prefect API server" not in str(exc):
+        raise exc
+    limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "the database in PREFECT_HOME")
+    return DDFlowError(f"Prefect's temporary server did not start within {limit} s (a busy machine, or its database "
+                       f"{db} locked by another process); run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_"
+                       "SECONDS, or start 'prefect server start' and set PREFECT_API_URL")
 
 
 def _prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
@@ -346,7 +387,7 @@ def _prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
     Must run before prefect is imported.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     db_keys = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
     if not own_database or os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in db_keys):

@@ -105,7 +105,7 @@ class RunConfig(StageConfig):
         tracking: MLflow tracking.
     """
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name under runs/: no "..", no "/"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # a folder under runs/: no "/"
     seed: int = 0
     device: str = "auto"
     ipcs: list[int] = Field([10], min_length=1)

@@ -12,21 +12,21 @@ from typing import Any
 
 from prefect import flow
 
-from ddcore.data import open_artifact
+from ddcore.data.artifact import DatasetArtifact
 from ddcore.evaluate.metrics import stored_ipc
 from flows.config import load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_evaluate_plan, expand_force
+from tasks.evaluate import check_evaluation_inputs
 from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
 
 
-def external_ref(uri: str, kind: str) -> ArtifactRef:
-    """A reference to a dataset artifact that no stage of this store produced (verified on open)."""
-    art = open_artifact(uri)
+def external_ref(art: DatasetArtifact, kind: str) -> ArtifactRef:
+    """A reference to a (verified) dataset artifact that no stage of this store produced."""
     return ArtifactRef(uri=art.uri, sha256=art.digest, stage="external", key=art.digest[:20], kind=kind)  # type: ignore[arg-type]
 
 
@@ -38,8 +38,9 @@ def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: lis
     store = ArtifactStore(default_root(root))
     tracker = Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled \
         else Tracker.disabled()
-    syn, data = external_ref(synthetic, "synthetic"), external_ref(dataset, "dataset")
-    extra = open_artifact(synthetic).meta.extra
+    syn_art, data_art = check_evaluation_inputs(synthetic, dataset)
+    syn, data = external_ref(syn_art, "synthetic"), external_ref(data_art, "dataset")
+    extra = syn_art.meta.extra
     ipc = stored_ipc(extra, int(extra.get("ipc") or 1))  # the baseline matches the stored images (DD-Ranking)
     plan = build_evaluate_plan(cfg, ipc=ipc)
     with PipelineRun(store, tracker=tracker, run_name=plan.name, force=expand_force(force), stages=STAGES) as run:

@@ -10,7 +10,8 @@ from ddcore.errors import DataError
 
 
 def source_from_argument(source: str, *, name: str | None, test_fraction: float, split_seed: int,
-                         resize: str | None, channels: int | None, test_url: str | None) -> dict[str, Any]:
+                         resize: str | None, channels: int | None, test_url: str | None,
+                         allow_16bit: bool = False) -> dict[str, Any]:
     """Guess the source kind from SOURCE and return the mapping for ``IngestConfig.source``.
 
     * ``fashion-mnist`` (or ``fashion_mnist``): the IDX files from their default locations;
@@ -48,6 +49,8 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
             spec = {"kind": "image_folder", "root": str(p), "test_fraction": test_fraction, "split_seed": split_seed}
             if channels:
                 spec["channels"] = channels
+            if allow_16bit:
+                spec["allow_16bit"] = True
             if resize:
                 try:
                     h, w = (int(v) for v in resize.lower().split("x"))

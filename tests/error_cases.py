@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from conftest import class_images
+from error_case_inputs import INPUT_CASES  # rows for hostile inputs (issue 14), merged at the end
 from error_case_support import (  # noqa: F401 - run_config is re-exported for the catalogue test
     Case,
     _artifact,
@@ -179,3 +180,4 @@ CASES: dict[str, CaseFn] = {
     "tracking-unreachable": lambda t, f: _run(t, f, f"methods: {{random: {{width: 8}}}}\ntracking: {{enabled: true, "
                                                     f"uri: 'http://127.0.0.1:{_free_port()}'}}", warning=True),
 }
+CASES.update(INPUT_CASES)  # show/info/lineage/evaluate arguments, config files, shards, CIFAR, 16-bit

@@ -2,7 +2,7 @@
 ``pytest_plugins = ["orchestration_fixtures"]`` by the tests that need it; never autouse).
 
 * ``PREFECT_HOME`` points at a temporary folder before prefect is imported, so tests never touch
-  ``~/.prefect``; analytics are off and the ephemeral-server timeout is 90 s.
+  ``~/.prefect``; analytics are off and the ephemeral-server timeout is 300 s.
 * ``prefect_harness``: one session-scoped ``prefect_test_harness`` (temporary SQLite API, ~12 s once).
 * ``toy_env``: a counter folder (each toy stage execution appends a line to ``<stage>.count``) and the
   failure switch ``DDFLOW_TOY_FAIL=<stage>[,<stage>]``.
@@ -38,7 +38,7 @@ if "prefect" not in sys.modules:  # settings are read when prefect is imported
     atexit.register(shutil.rmtree, _HOME, True)
     os.environ["PREFECT_HOME"] = _HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -164,7 +164,7 @@ def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API (SQLite) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 
@@ -216,7 +216,7 @@ def stop_process(proc: subprocess.Popen, *, timeout: float = 15) -> None:
 def server_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONPATH=f"{REPO / 'tests'}:{REPO}", **extra)
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300", PYTHONPATH=f"{REPO / 'tests'}:{REPO}", **extra)
     return env
 
 

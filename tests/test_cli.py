@@ -81,3 +81,28 @@ def test_temporary_prefect_server_keeps_its_database_under_the_root(tmp_path: Pa
         assert out == f"sqlite+aiosqlite:///{tmp_path}/root/prefect/prefect.db" and (tmp_path / "root/prefect").is_dir()
     else:
         assert out == env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "-")
+
+
+def test_temporary_prefect_server_start_timeout_is_one_line(tmp_path: Path) -> None:
+    """When Prefect's temporary server does not come up in time (here: a 1 s limit against a fresh database),
+    `ddflow run` prints one error line naming the limit and the ways out, no traceback, exit code 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(repo / "configs" / "demo.yaml"), "--root",
+                          str(tmp_path / "root")], env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    errors = [line for line in res.stderr.splitlines() + res.stdout.splitlines() if line.startswith("error:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
+    assert len(errors) == 1 and "did not start within 1 s" in errors[0] and "PREFECT_API_URL" in errors[0]
+
+
+def test_version_and_no_import_warnings(tmp_path: Path) -> None:
+    """`ddflow --version` prints the package version (and commit); a command prints no FutureWarning from
+    torch's import-time deprecation of torch.jit.script."""
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("ddflow 0.") and res.output.endswith("\n")
+    repo = Path(__file__).resolve().parents[1]  # `plan` imports geoopt, whose import calls torch.jit.script
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "plan", str(repo / "configs" / "demo.yaml"), "--root",
+                          str(tmp_path / "root")], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr[-1000:]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import leftovers
+from PIL import Image
 
 from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact, stream
 from ddcore.data.synthetic_io import load_synthetic, save_synthetic
@@ -113,3 +116,50 @@ def test_weights_and_soft_labels_are_part_of_the_digest(tmp_path: Path) -> None:
     s.soft_labels = torch.roll(s.soft_labels, 1, dims=1)
     c = save_synthetic(s, tmp_path / "c", classes=["a", "b", "c"], source={})
     assert len({a.digest, b.digest, c.digest}) == 3
+
+
+def _mixed_folder(root: Path, extra: dict[str, Image.Image]) -> Path:
+    """Classes ``a`` and ``b``, each with one 8-bit RGB PNG plus ``extra`` (file name -> image)."""
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(root / cls / "0.png")
+        for name, img in extra.items():
+            img.save(root / cls / name)
+    return root
+
+
+def test_image_folder_conversions_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Palette (P) and CMYK images are converted to RGB, and the ingest says so in one warning line (logger
+    ``ddflow.data``) with the count per mode."""
+    root = _mixed_folder(tmp_path / "imgs", {"1.png": Image.new("RGB", (8, 8), (200, 0, 0)).convert("P"),
+                                             "2.jpg": Image.new("CMYK", (8, 8), (0, 50, 100, 0))})
+    with caplog.at_level(logging.WARNING, logger="ddflow.data"):
+        meta = ingest(IngestConfig.from_mapping({"source": {"kind": "image_folder", "root": str(root)}}),
+                      tmp_path / "out")
+    assert [r.getMessage() for r in caplog.records if r.name == "ddflow.data"] == [
+        f"{root}: converted 4 of 6 images to RGB: 2 CMYK, 2 P; convert them yourself before ingesting to control how"]
+    assert tuple(meta.image_shape) == (3, 8, 8) and meta.counts["train"]["total"] == 6
+
+
+def test_sixteen_bit_images_are_refused_unless_allowed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 16-bit PNG fails the ingest with one line naming it and the opt-in, leaving no output folder; with
+    ``--allow-16bit`` it is converted (values above 255 clip) and the warning line says so."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = _mixed_folder(tmp_path / "imgs", {"1.png": Image.fromarray(np.full((8, 8), 40000, np.uint16))})
+    refused = CliRunner().invoke(app, ["ingest", str(root), "--out", str(tmp_path / "out")])
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1 and "Traceback" not in refused.output, refused.output
+    assert lines[0].startswith(f"error: {root / 'a' / '1.png'} has more than 8 bits per sample (mode I;16)")
+    assert "--allow-16bit" in lines[0]
+    assert leftovers(tmp_path, "out") == []
+    with caplog.at_level(logging.WARNING, logger="ddflow.data"):
+        allowed = CliRunner().invoke(app, ["ingest", str(root), "--out", str(tmp_path / "out"), "--allow-16bit"])
+    assert allowed.exit_code == 0, allowed.output
+    assert [r.getMessage() for r in caplog.records if r.name == "ddflow.data"] == [
+        f"{root}: converted 2 of 4 images to RGB: 2 I;16 (clipped to 8 bits); convert them yourself before ingesting "
+        "to control how"]
+    art = open_artifact(tmp_path / "out")
+    assert (art.read_arrays(art.class_rows("train")[0]) == 255).any()

@@ -112,7 +112,7 @@ def test_catalogue_row(row: Row, fake_fmnist: Path, tmp_path: Path, monkeypatch:
 def _subprocess_run(fmnist: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "DDFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DDFLOW_FAULT="ingest", HF_HUB_OFFLINE="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",
                DO_NOT_TRACK="1")
     cfg = run_config(tmp_path, fmnist)
     return subprocess.run([sys.executable, "-m", "flows.cli", *extra, "run", cfg, "--root", str(tmp_path / "root")],

@@ -27,7 +27,7 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env(prefect_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                DO_NOT_TRACK="1")
     env.pop("PREFECT_API_URL", None)
     return env

@@ -119,22 +119,29 @@ def _npy_with_pickle(array: np.ndarray) -> bytes:
 
 
 # -- names that could become paths ------------------------------------------------------------
-def test_source_keys_with_path_parts_stay_inside_the_artifact(tmp_path: Path) -> None:
-    """Source samples keyed ``../../escape``, ``/abs/x`` or ``a/../../b`` are re-keyed to flat names; the
-    ingest writes nothing outside --out."""
+@pytest.mark.parametrize("key", ["../../escape", "/abs/x", "a/../../b", "../x"])
+def test_shard_members_with_path_traversal_are_refused(key: str, tmp_path: Path) -> None:
+    """A shard member named ``../../escape.png``, ``/abs/x.png`` or ``a/../../b.png`` fails the ingest with one
+    line naming the member; nothing is written anywhere (no --out, nothing outside it)."""
     samples = _samples(3)
-    for s, key in zip(samples, ["../../escape", "/abs/x", "a/../../b"], strict=False):
-        s["__key__"] = key
+    samples[2]["__key__"] = key
     tar = _shard(tmp_path / "deep" / "src" / "s.tar", samples)
-    before = {p for p in tmp_path.rglob("*")}
-    res = runner.invoke(app, ["ingest", str(tar), "--out", str(tmp_path / "deep" / "out")])
-    assert res.exit_code == 0, res.output
-    new = {p for p in tmp_path.rglob("*")} - before
-    assert all((tmp_path / "deep" / "out") in p.parents or p == tmp_path / "deep" / "out" for p in new), new
+    before = set(tmp_path.rglob("*"))
+    line = _one_error(runner.invoke(app, ["ingest", str(tar), "--out", str(tmp_path / "deep" / "out")]))
+    assert f"refused shard member '{key}." in line and "path traversal" in line, line
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_flat_shard_keys_are_kept_and_others_re_keyed(tmp_path: Path) -> None:
+    """Keys that are plain names but not flat artifact keys (dots) are re-keyed; flat ones are kept."""
+    samples = _samples(2)
+    samples[1]["__key__"] = "a b"
+    tar = _shard(tmp_path / "src" / "s.tar", samples)
+    assert runner.invoke(app, ["ingest", str(tar), "--out", str(tmp_path / "out")]).exit_code == 0
     from ddcore.data import open_artifact
 
-    art = open_artifact(tmp_path / "deep" / "out")
-    assert all(KEY_RE.match(k) for k in art.keys) and not (tmp_path / "escape.png").exists()
+    keys = open_artifact(tmp_path / "out").keys
+    assert all(KEY_RE.match(k) for k in keys) and "k0000" in keys
 
 
 @pytest.mark.parametrize("key", ["/etc/passwd", "a\\b", "a\x00b", "~root", "", "a b", "x" * 81, "..\\..\\x"])
@@ -144,6 +151,20 @@ def test_writer_refuses_keys_that_are_not_flat_names(key: str, tmp_path: Path) -
             pytest.raises(DataError, match="is not allowed"):
         w.add("train", key, np.zeros((2, 2, 1), np.uint8), 0)
     assert leftovers(tmp_path, "o") == []
+
+
+def test_yaml_python_tags_run_nothing(tmp_path: Path) -> None:
+    """A config (or a --set value) with a ``!!python/object/apply`` tag is one error line naming the tag; the
+    command it names never runs."""
+    marker = tmp_path / "ran"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+    assert "YAML tag !!python/object/apply:os.system" in _one_error(runner.invoke(app, ["run", str(cfg)]))
+    cfg.write_text("name: x\n")
+    over = f'name=!!python/object/apply:os.system ["touch {marker}"]'
+    line = _one_error(runner.invoke(app, ["run", str(cfg), "--set", over]))
+    assert line.startswith("error: override 'name=") and "YAML tag !!python/object/apply:os.system" in line
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", ["..", "../x", "a/b", ".hidden", "-x"])

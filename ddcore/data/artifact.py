@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
@@ -60,8 +61,17 @@ class DatasetArtifact:
             raise ArtifactError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         fs, path = fsio.get_fs(uri)
         meta_path = fsio.join(path, METADATA)
-        if not fs.exists(meta_path):
-            what = "no such folder" if not fs.exists(path) else "dataset.json is missing (incomplete write?)"
+        try:
+            present = fs.exists(meta_path)
+            what = "" if present else "no such folder" if not fs.exists(path) else \
+                "a file, not an artifact folder" if fs.isfile(path) else "dataset.json is missing (incomplete write?)"
+            if what == "no such folder" and not fsio.is_local(fs):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.ls(path)  # some filesystems (http) answer "absent" for a server they cannot reach: ask again
+        except Exception as exc:  # noqa: BLE001 - a remote store that cannot be reached (network, credentials)
+            raise ArtifactError(f"cannot read {uri} ({type(exc).__name__}: {exc}); check the URL, the network and "
+                                "the credentials of that store") from None
+        if what:
             raise ArtifactError(f"no dataset artifact at {uri}: {what}; run 'ddflow ingest' to create it")
         try:
             meta = DatasetMeta.from_json(fs.cat_file(meta_path).decode())

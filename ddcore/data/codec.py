@@ -41,6 +41,10 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+#: PIL modes with more than 8 bits per sample: converting them to uint8 clips every value above 255.
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
 def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
     """Decode PNG bytes to uint8 ``[H, W, C]``; refuse decompression bombs and non-images.
 
@@ -48,6 +52,12 @@ def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
         data: encoded image bytes (PNG or any PIL-readable format).
         channels: force 1 (L) or 3 (RGB) channels; ``None`` keeps 1 for greyscale, else 3.
     """
+    return decode_image(data, channels=channels)[0]
+
+
+def decode_image(data: bytes, *, channels: int | None = None) -> tuple[np.ndarray, str]:
+    """:func:`decode_png`, also returning the image's own PIL mode (``"P"``, ``"CMYK"``, ``"I;16"``...), so that a
+    caller can tell what was converted to ``L``/``RGB``."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x its limit; refuse those images too, whatever the warning filters
@@ -60,6 +70,7 @@ def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
                     f"image of {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS} pixel limit; "
                     "resize it before ingesting"
                 )
+            source_mode = img.mode
             mode = {1: "L", 3: "RGB"}.get(channels or 0)
             if mode is None:
                 mode = "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
@@ -68,7 +79,7 @@ def decode_png(data: bytes, *, channels: int | None = None) -> np.ndarray:
         raise DataError(f"refused a decompression bomb: {exc}") from None
     except (OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode image: {exc}") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    return (arr[:, :, None] if arr.ndim == 2 else arr), source_mode
 
 
 def encode_npy(array: np.ndarray) -> bytes:

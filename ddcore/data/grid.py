@@ -8,6 +8,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ddcore.data.artifact import DatasetArtifact
+from ddcore.data.codec import MAX_IMAGE_PIXELS
+from ddcore.errors import ConfigError, DataError
+
+MAX_GRID_PIXELS = MAX_IMAGE_PIXELS
+"""Largest grid drawn (width x height): the same ceiling as the largest image ddflow decodes."""
 
 
 def make_grid(images_by_class: list[np.ndarray], *, scale: int = 2, pad: int = 2,
@@ -16,8 +21,11 @@ def make_grid(images_by_class: list[np.ndarray], *, scale: int = 2, pad: int = 2
     h, w, _ = next(a for a in images_by_class if len(a)).shape[1:]
     cols = max(len(a) for a in images_by_class)
     lw = label_width if labels else 0
-    canvas = Image.new("RGB", (lw + cols * (w * scale + pad) + pad, len(images_by_class) * (h * scale + pad) + pad),
-                       (255, 255, 255))
+    size = (lw + cols * (w * scale + pad) + pad, len(images_by_class) * (h * scale + pad) + pad)
+    if size[0] * size[1] > MAX_GRID_PIXELS:
+        raise DataError(f"a grid of {size[0]}x{size[1]} pixels exceeds the {MAX_GRID_PIXELS} pixel limit; "
+                        "lower --scale or --per-class")
+    canvas = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, imgs in enumerate(images_by_class):
         y = pad + r * (h * scale + pad)
@@ -32,7 +40,15 @@ def make_grid(images_by_class: list[np.ndarray], *, scale: int = 2, pad: int = 2
 
 def artifact_grid(artifact: DatasetArtifact, *, split: str = "train", per_class: int = 10, seed: int = 0,
                   scale: int = 2) -> Image.Image:
-    """A grid of ``per_class`` images of every class, drawn with a fixed seed."""
+    """A grid of ``per_class`` images of every class, drawn with a fixed seed.
+
+    Raises:
+        ConfigError: ``per_class`` or ``scale`` below 1, or a negative ``seed`` (named as ``ddflow show``'s options).
+        DataError: the grid would exceed :data:`MAX_GRID_PIXELS`.
+    """
+    for option, value, low in (("--per-class", per_class, 1), ("--scale", scale, 1), ("--seed", seed, 0)):
+        if value < low:
+            raise ConfigError(f"{option} {value} is out of range; pass {low} or more")
     rng = np.random.default_rng(seed)
     rows = []
     for idx in artifact.class_rows(split):

@@ -8,6 +8,7 @@ complete-looking artifact that is not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -17,12 +18,30 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ddcore.errors import ArtifactError
+
 TMP_MARK = ".tmp-"
 
 
 def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for a local path or fsspec URL."""
-    fs, path = fsspec.core.url_to_fs(str(uri))
+    """Return ``(filesystem, path)`` for a local path or fsspec URL.
+
+    Raises:
+        ArtifactError: an unknown protocol (``foo://``) or one whose optional package is missing (``s3://``
+            without s3fs), as one line naming the URL.
+    """
+    text = str(uri)
+    proto = text.split("::")[-1].split("://", 1)[0]
+    try:
+        fs, path = fsspec.core.url_to_fs(text)
+    except ImportError as exc:
+        raise ArtifactError(f"cannot open {text}: the {proto!r} filesystem needs an optional package ({exc}); "
+                            "install it in the ddflow environment or use a local path") from None
+    except ValueError as exc:
+        if "protocol" not in str(exc).lower():
+            raise
+        raise ArtifactError(f"cannot open {text}: unknown storage protocol {proto!r}; use a local path or an fsspec "
+                            "URL (file://, s3://, gs://, http(s)://, memory://)") from None
     return fs, path
 
 
@@ -120,3 +139,36 @@ def read_checked_ranges(fs: fsspec.AbstractFileSystem, base: str, rows: Any, *, 
         if data is not None and hashlib.sha256(data).hexdigest() != sha256[r]:
             out[i] = None
     return out
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as a :class:`Path` when a file can be created there: not a folder, in an existing folder.
+
+    Raises:
+        ArtifactError: one line naming ``option`` and the fix.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ArtifactError(f"{option} {p} is a folder; pass the path of a file to write, e.g. {p / 'grid.png'}")
+    if not p.parent.is_dir():
+        raise ArtifactError(f"cannot write {p}: folder {p.parent} does not exist; create it or pass another {option}")
+    return p
+
+
+def write_file_atomic(path: str | Path, data: bytes, option: str = "--out") -> None:
+    """Write ``data`` to the local file ``path`` through a temporary sibling renamed into place; on failure
+    nothing is left behind (neither the file nor the temporary).
+
+    Raises:
+        ArtifactError: ``path`` is a folder, its folder is missing, or it cannot be written (read-only, full disk).
+    """
+    p = check_output_file(path, option)
+    tmp = p.with_name(f".{p.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"cannot write {p} ({exc.strerror or exc}); pass an {option} in a writable folder "
+                            "with free space") from None

@@ -82,6 +82,7 @@ def resolve_record(store: ArtifactStore, query: str, *, tracker: Tracker | None 
                 return rec
             raise LineageError(f"MLflow run {query} has no readable output ({uri or 'no ddflow.output_uri tag'}); "
                                "it may be a pipeline (parent) run or its output was deleted")
+    store.check_reachable()  # "no artifact matches" would hide an unreachable root
     where = "" if tracker is None or not tracker.enabled else " or in MLflow"
     raise LineageError(f"no artifact matches {query!r} under {store.root}{where}; pass a digest or key prefix, "
                        "an artifact folder or an MLflow run id")

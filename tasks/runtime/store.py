@@ -203,6 +203,8 @@ class ArtifactStore:
             found = sorted(fs.glob(self._p("*", "*", REF_FILE)))
         except FileNotFoundError:
             return
+        except Exception as exc:  # noqa: BLE001 - a remote root that cannot be reached (network, credentials)
+            raise ArtifactError(self._unreachable(exc)) from None
         for p in found:
             parts = p.rstrip("/").split("/")
             stage, key = parts[-3], parts[-2]
@@ -211,6 +213,20 @@ class ArtifactStore:
             rec = self.read_record(stage, key)
             if rec is not None:
                 yield rec
+
+    def check_reachable(self) -> None:
+        """Raise :class:`ArtifactError` when the root cannot be listed (an unreachable server, missing credentials);
+        a root that does not exist yet is fine."""
+        try:
+            self.fs.ls(self._p())
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the filesystem raises for an unreachable store
+            raise ArtifactError(self._unreachable(exc)) from None
+
+    def _unreachable(self, exc: BaseException) -> str:
+        return (f"cannot read the artifact root {self.root} ({type(exc).__name__}: {exc}); check the URL, the "
+                "network and the store's credentials, or pass another --root")
 
     # -- writing ---------------------------------------------------------------------------
     @contextmanager

@@ -120,7 +120,7 @@ def error_lines(output: str) -> list[str]:
 def cli_env(prefect_home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                DO_NOT_TRACK="1", **extra)
     return env
 

@@ -45,6 +45,8 @@ class ImageFolderSpec(StageConfig):
         split_seed: seed of that stratified hold-out.
         channels: 1 or 3; ``null``: from the first image (greyscale: 1, else 3).
         resize: ``[H, W]`` every image is resized to (bilinear); ``null``: all images must share one size.
+        allow_16bit: convert images of more than 8 bits per sample (16-bit PNG, 32-bit TIFF) to 8 bits, clipping
+            values above 255; ``false``: such images are refused.
     """
 
     kind: Literal["image_folder"] = "image_folder"
@@ -54,6 +56,7 @@ class ImageFolderSpec(StageConfig):
     split_seed: int = 0
     channels: Literal[1, 3] | None = None
     resize: tuple[int, int] | None = None
+    allow_16bit: bool = False
 
 
 class CifarSpec(StageConfig):
@@ -121,7 +124,8 @@ def build_source(spec: StageConfig) -> Source:
         return FashionMNISTSource(spec.root, name=spec.name)
     if isinstance(spec, ImageFolderSpec):
         return ImageFolderSource(spec.root, test_fraction=spec.test_fraction, split_seed=spec.split_seed,
-                                 channels=spec.channels, resize=spec.resize, name=spec.name)
+                                 channels=spec.channels, resize=spec.resize, name=spec.name,
+                                 allow_16bit=spec.allow_16bit)
     if isinstance(spec, CifarSpec):
         return cifar_source(spec.root, name=spec.name)
     if isinstance(spec, NpzSpec):

@@ -149,6 +149,22 @@ def npz_source(path: str, *, test_fraction: float = 0.0, split_seed: int = 0,
     return ArraySource(name or p.stem, names, splits, desc)
 
 
+def _cifar_arrays(f: Path, data: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's ``data`` as uint8 ``[N, 3072]`` and its labels as int64 ``[N]``, or one error line naming the file."""
+    arr = np.asarray(data)
+    if arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32 or arr.dtype != np.uint8:
+        raise DataError(f"CIFAR batch {f}: 'data' is {arr.dtype} of shape {tuple(arr.shape)}, expected uint8 "
+                        "(N, 3072) (N images of 3x32x32 bytes); use the official python batches")
+    try:
+        y = np.asarray(labels).astype(np.int64, casting="same_kind").reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"CIFAR batch {f}: labels are not integer class indices; use the official python "
+                        "batches") from None
+    if len(y) != len(arr):
+        raise DataError(f"CIFAR batch {f}: {len(arr)} images but {len(y)} labels; use the official python batches")
+    return arr, y
+
+
 def cifar_source(root: str, *, name: str | None = None) -> ArraySource:
     """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``) python batches."""
     folder = require_dir(root, "CIFAR")
@@ -169,9 +185,12 @@ def cifar_source(root: str, *, name: str | None = None) -> ArraySource:
             if not f.is_file():
                 raise DataError(f"missing CIFAR batch {f}; extract the complete archive")
             d = restricted_load(f.read_bytes())
-            data = np.asarray(_dict_get(d, "data"), dtype=np.uint8)
+            if not isinstance(d, dict):
+                raise DataError(f"CIFAR batch {f} holds a {type(d).__name__}, not a dict of arrays; use the official "
+                                "python batches")
+            data, labels = _cifar_arrays(f, _dict_get(d, "data"), _dict_get(d, *label_keys))
             xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(_dict_get(d, *label_keys), dtype=np.int64))
+            ys.append(labels)
         return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
     splits = {"train": load(train_files), "test": load(test_files)}

@@ -6,6 +6,8 @@ plus ``root/test/<class>/...`` (or ``val``). Class order is the sorted folder na
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ddcore.data.codec import decode_png
+from ddcore.data.codec import HIGH_BIT_DEPTH_MODES, decode_image, decode_png
 from ddcore.data.sources.base import Sample, require_dir, stratified_split
 from ddcore.errors import DataError
+
+log = logging.getLogger("ddflow.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -30,6 +34,11 @@ class ImageFolderSource:
         channels: 1 or 3; ``None`` infers from the first image (greyscale -> 1, else 3).
         resize: ``(H, W)`` to resize every image to; ``None`` requires one common size.
         name: dataset name.
+        allow_16bit: convert images of more than 8 bits per sample (:data:`HIGH_BIT_DEPTH_MODES`: 16-bit PNG,
+            32-bit or float TIFF) to 8 bits, clipping values above 255; ``False`` refuses them.
+
+    Images in another mode than the artifact's (``L`` or ``RGB``), e.g. palette (``P``) or ``CMYK``, are converted;
+    the ingest then logs one warning (logger ``ddflow.data``) with the count per mode.
     """
 
     def __init__(
@@ -41,8 +50,10 @@ class ImageFolderSource:
         channels: int | None = None,
         resize: tuple[int, int] | None = None,
         name: str | None = None,
+        allow_16bit: bool = False,
     ) -> None:
         self.root = require_dir(root, "image folder")
+        self.allow_16bit = allow_16bit
         self.name = name or self.root.name
         self.test_fraction, self.split_seed, self.resize = test_fraction, split_seed, resize
         split_dirs = {s: self.root / s for s in ("train", "test", "val") if (self.root / s).is_dir()}
@@ -98,13 +109,20 @@ class ImageFolderSource:
 
     def samples(self) -> Iterator[Sample]:
         c, h, w = self.image_shape
+        converted: Counter[str] = Counter()
         for split, files in self._files.items():
             counters = [0] * len(self.classes)
             for path, label in files:
                 try:
-                    img = decode_png(path.read_bytes(), channels=c)
+                    img, mode = decode_image(path.read_bytes(), channels=c)
                 except DataError as exc:
                     raise DataError(f"{path}: {exc}") from None
+                if mode in HIGH_BIT_DEPTH_MODES and not self.allow_16bit:
+                    raise DataError(f"{path} has more than 8 bits per sample (mode {mode}) and converting it to 8 "
+                                    "bits clips every value above 255; save 8-bit images, or pass --allow-16bit "
+                                    "(source option allow_16bit: true) to convert anyway")
+                if mode != ("L" if c == 1 else "RGB"):
+                    converted[mode] += 1
                 if self.resize and img.shape[:2] != (h, w):
                     mode = "L" if c == 1 else "RGB"
                     pil = Image.fromarray(img[:, :, 0] if c == 1 else img, mode=mode)
@@ -119,6 +137,17 @@ class ImageFolderSource:
                 counters[label] += 1
                 rel = str(path.relative_to(self.root))
                 yield Sample(split, key, img, label, {"file": rel})
+        if converted:
+            log.warning("%s", conversion_note(self.root, converted, "L" if c == 1 else "RGB",
+                                              self.expected_total() or 0))
+
+
+def conversion_note(root: Path, converted: Counter[str], target: str, total: int) -> str:
+    """One line saying how many images of which modes were converted to ``target`` (clipped, for >8-bit ones)."""
+    modes = ", ".join(f"{n} {mode}" + (" (clipped to 8 bits)" if mode in HIGH_BIT_DEPTH_MODES else "")
+                      for mode, n in sorted(converted.items()))
+    return (f"{root}: converted {sum(converted.values())} of {total} images to {target}: {modes}; convert them "
+            "yourself before ingesting to control how")
 
 
 def _class_names(folder: Path) -> list[str]:

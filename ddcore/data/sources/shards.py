@@ -25,6 +25,8 @@ SAFE_EXTRA = frozenset({"json", "txt", "cls", "label", *IMAGE_FIELDS})
 
 
 ALLOW_PIPE_ENV = "DDFLOW_ALLOW_PIPE"
+MAX_CLASSES = 100_000
+"""Most classes inferred from the labels when no class list is given (ImageNet-21k has 21,841)."""
 
 
 def check_url_allowed(url: str) -> str:
@@ -59,11 +61,19 @@ class ShardSource:
         for url in urls.values():
             check_url_allowed(url)
         self.urls, self.name = dict(urls), name
-        first = next(self._raw(next(iter(self.urls.values()))))
+        url = next(iter(self.urls.values()))
+        first = next(self._raw(url), None)
+        if first is None:
+            raise DataError(f"shard {url} holds no samples; pass shards with at least one image and label")
         img = decode_png(first[_image_field(first)])
         self.image_shape = (img.shape[2], img.shape[0], img.shape[1])
         if classes is None:
-            top = max(_label(s) for url in self.urls.values() for s in self._raw(url))
+            top, key, where = max((_label(s), str(s.get("__key__")), url) for url in self.urls.values()
+                                  for s in self._raw(url))
+            if top >= MAX_CLASSES:
+                raise DataError(f"label {top} of sample {key!r} in {where} is out of range for the dataset's classes "
+                                f"(0..largest label, at most {MAX_CLASSES} without a class list); fix the label, or "
+                                "list the classes in data.source.classes")
             classes = [str(i) for i in range(top + 1)]
         self.classes = list(classes)
 
@@ -71,6 +81,7 @@ class ShardSource:
         ds = wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=wds.reraise_exception)
         try:
             for sample in ds:
+                _check_member_name(sample, url)
                 bad = sorted(k for k in sample if not k.startswith("__") and k.lower() not in SAFE_EXTRA)
                 if bad:
                     raise DataError(
@@ -96,6 +107,18 @@ class ShardSource:
                 yield Sample(split, key, decode_png(s[_image_field(s)], channels=c), _label(s), {"source_key": src_key})
 
 
+def _check_member_name(sample: dict[str, Any], url: str) -> None:
+    """Refuse members named with an absolute path or a '..' component (``../x.png``, ``/abs.png``): nothing is
+    extracted, but such names only come from a crafted or broken tar."""
+    key = str(sample.get("__key__", ""))
+    parts = key.replace("\\", "/").split("/")
+    if key.startswith(("/", "\\")) or ".." in parts:
+        field = next((k for k in sample if not k.startswith("__")), "")
+        member = f"{key}.{field}" if field else key
+        raise DataError(f"refused shard member {member!r} in {url}: member names must be relative paths without "
+                        "'..' (path traversal); re-create the shard with plain member names")
+
+
 def _image_field(sample: dict[str, Any]) -> str:
     for f in IMAGE_FIELDS:
         if f in sample:
@@ -109,5 +132,7 @@ def _label(sample: dict[str, Any]) -> int:
             try:
                 return int(bytes(sample[f]).decode().strip())
             except ValueError:
-                raise DataError(f"sample {sample.get('__key__')!r}: label {sample[f]!r} is not an integer") from None
+                text = bytes(sample[f])[:40].decode(errors="replace")
+                raise DataError(f"sample {sample.get('__key__')!r}: label {text!r} is not an integer; store the class "
+                                "index as decimal digits (e.g. 3)") from None
     raise DataError(f"sample {sample.get('__key__')!r} has no 'cls' label field")
