@@ -55,6 +55,10 @@ def print_summary(summary: dict) -> None:
     elif tracking.get("parent_run_id"):
         console.print(f"MLflow: run {tracking['parent_run_id']} in experiment {tracking['experiment']!r} "
                       f"at {tracking['uri']}")
+        if tracking.get("experiment_id") and str(tracking["uri"]).startswith("sqlite:"):
+            console.print(f"  view: mlflow ui --backend-store-uri {tracking['uri']}, then open "
+                          f"#/experiments/{tracking['experiment_id']}/runs/{tracking['parent_run_id']}"
+                          "?workflowType=machine_learning", soft_wrap=True)
     plot = f"{summary['report']}/accuracy_vs_ipc.png" if summary.get("report") else None
     if plot and ("://" in plot or Path(plot).is_file()):
         console.print(f"plot: {plot}")

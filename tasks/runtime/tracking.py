@@ -216,7 +216,8 @@ class Tracker:
     def status(self) -> dict[str, Any]:
         """What the run summary says about tracking: URI, experiment, parent run id, records lost."""
         out: dict[str, Any] = {"uri": self.tracking_uri, "experiment": self.experiment,
-                               "parent_run_id": self.parent_run_id, "lost": self.lost}
+                               "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                               "lost": self.lost}
         if self.lost_reason:
             out["error"] = self.lost_reason
         return out
