@@ -168,10 +168,12 @@ def evaluate(
         from flows.reuse import evaluate_flow
 
         configure_run_logging()
-        row = evaluate_flow(synthetic, data, str(config), overrides or [], root)
+        summary = evaluate_flow(synthetic, data, str(config), overrides or [], root)
     except DDFlowError as exc:
         fail(exc)
-    print_summary({"run": "evaluate", "config_digest": "-" * 12, "results": [row], "stages": [], "seconds": 0.0})
+    except RuntimeError as exc:
+        fail(prefect_start_error(exc))
+    print_summary(summary)
 
 
 def prefect_start_error(exc: RuntimeError) -> DDFlowError:

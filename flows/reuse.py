@@ -8,6 +8,8 @@ both go through the same cached stages as ``distill_flow``.
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 from prefect import flow
@@ -33,7 +35,8 @@ def external_ref(art: DatasetArtifact, kind: str) -> ArtifactRef:
 @flow(name="ddflow-evaluate", log_prints=True)
 def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: list[str] | None = None,
                   root: str | None = None, force: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate ``synthetic`` on ``dataset``'s test split under the config's recipe; returns the result row."""
+    """Evaluate ``synthetic`` on ``dataset``'s test split under the config's recipe; returns the run summary
+    (``results`` holds the one row, labelled with the set's method; ``stages`` the executed nodes)."""
     cfg = load_config(config_path, overrides)
     store = ArtifactStore(default_root(root))
     tracker = Tracker.for_store(store, cfg.tracking.experiment, cfg.tracking.uri) if cfg.tracking.enabled \
@@ -42,8 +45,15 @@ def evaluate_flow(synthetic: str, dataset: str, config_path: str, overrides: lis
     syn, data = external_ref(syn_art, "synthetic"), external_ref(data_art, "dataset")
     extra = syn_art.meta.extra
     ipc = stored_ipc(extra, int(extra.get("ipc") or 1))  # the baseline matches the stored images (DD-Ranking)
-    plan = build_evaluate_plan(cfg, ipc=ipc)
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "_", str(extra.get("method") or "external")) or "external"
+    plan = build_evaluate_plan(cfg, ipc=ipc, label=label)
+    t0 = time.perf_counter()
     with PipelineRun(store, tracker=tracker, run_name=plan.name, force=expand_force(force), stages=STAGES) as run:
-        refs = PlanExecutor(run, device=cfg.device, runner=cfg.runner,
-                            given={INGEST: data, "synthetic": syn}).execute(plan.nodes)
-    return read_report(refs["report"].uri)["results"][0]
+        ex = PlanExecutor(run, device=cfg.device, runner=cfg.runner, given={INGEST: data, "synthetic": syn})
+        refs = ex.execute(plan.nodes)
+        report = read_report(refs["report"].uri)
+        tracker.log_pipeline_results(report["results"])
+        status = tracker.status()
+    return {"run": plan.name, "config_digest": cfg.digest(), "results": report["results"],
+            "ior_baseline": report.get("ior_baseline"), "stages": ex.timeline, "report": refs["report"].uri,
+            "seconds": round(time.perf_counter() - t0, 3), "tracking": status}

@@ -91,6 +91,7 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
                         text=True, timeout=600)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert f"{100 * dm['acc_mean']:.1f} ± {100 * dm['acc_std']:.1f}" in ev.stdout  # the cached evaluation
+    assert "│ dm " in ev.stdout and "external" not in ev.stdout and "stages: " in ev.stdout  # labelled by its method
     # Tracking: nothing lost, no run left RUNNING, the parent run named in the output.
     assert s1["tracking"]["lost"] == 0 and f"MLflow: run {s1['tracking']['parent_run_id']}" in first.stdout
     statuses = dict(db.execute("select status, count(*) from runs group by status").fetchall())
