@@ -159,7 +159,7 @@ class PipelineRun:
         ref = state.result()
         if state.name == "Cached":
             self.outcomes[stage] = "cached"
-            self.tracker.record_cached(stage, ref, config, inputs, label=label)
+            self.tracker.record_cached(stage, ref, label=label)
         else:
             self.outcomes[stage] = "completed"
         self.refs[stage] = ref

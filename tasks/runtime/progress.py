@@ -80,7 +80,6 @@ class StageProgress:
         self._artifact_id: Any = None
         self._artifact_failed = False
         self._lock = threading.Lock()
-        self.lines = 0
 
     def update(self, done: int, total: int, unit: str = "steps", **metrics: Any) -> None:
         """``done`` of ``total`` units finished (``metrics``: the latest loss etc.)."""
@@ -91,7 +90,6 @@ class StageProgress:
             due = self._last_log is None or finished or now - self._last_log >= interval_seconds()
             if due:
                 self._last_log = now
-                self.lines += 1
             artifact_due = self._last_artifact is None or finished or now - self._last_artifact >= 5.0
             if artifact_due:
                 self._last_artifact = now

@@ -165,12 +165,12 @@ def run_stage(store: ArtifactStore, stage_name: str, fn: StageFn, inputs: Mappin
     key = store.key_for(stage_name, config, inputs)
     if not force and (ref := store.lookup(stage_name, key)) is not None:
         log.info("stage %s: cached (key %s, sha256 %s)", stage_name, key, ref.short)
-        tracker.record_cached(stage_name, ref, config, inputs, label=label)
+        tracker.record_cached(stage_name, ref, label=label)
         return ref
     with store.lock(stage_name, key):
         if not force and (ref := store.lookup(stage_name, key)) is not None:
             log.info("stage %s: cached, computed meanwhile by another run (key %s)", stage_name, key)
-            tracker.record_cached(stage_name, ref, config, inputs, label=label)
+            tracker.record_cached(stage_name, ref, label=label)
             return ref
         return _compute(store, stage_name, key, fn, inputs, config, kind, tracker, device=device, on_oom=on_oom,
                         max_oom_retries=max_oom_retries, log=log, label=label)

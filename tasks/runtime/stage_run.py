@@ -66,7 +66,6 @@ class StageRun:
             if ref_file and Path(ref_file).is_file():
                 self.tracker.client().log_artifact(run_id, ref_file, "ddflow")
             self.tracker.client().set_terminated(run_id, "FINISHED")
-            self.tracker._opened.discard(run_id)
 
         self.tracker._guard("finishing a stage run", go)
 
@@ -79,6 +78,5 @@ class StageRun:
             def go() -> None:
                 self.tracker._log_batch(run_id, tags={"ddflow.status": "failed", "ddflow.error": msg})
                 self.tracker.client().set_terminated(run_id, "FAILED")
-                self.tracker._opened.discard(run_id)
 
             self.tracker._guard("failing a stage run", go)

@@ -74,7 +74,6 @@ class Tracker:
         self._lock = uri_lock(tracking_uri)
         self.lost = 0
         self.lost_reason: str | None = None
-        self._opened: set[str] = set()
 
     @classmethod
     def for_store(cls, store: Any, experiment: str = "ddflow", tracking_uri: str | None = None) -> Tracker:
@@ -177,7 +176,6 @@ class Tracker:
             client = self.client()
             all_tags = {**default_tags(), "ddflow.role": "pipeline", **{k: str(v) for k, v in (tags or {}).items()}}
             run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-            self._opened.add(run.info.run_id)
             self._log_batch(run.info.run_id, params=params or {})
             return run.info.run_id
 
@@ -192,9 +190,9 @@ class Tracker:
         self._guard("logging a run artifact", lambda: self.client().log_artifact(run_id, str(path), artifact_path))
 
     def end_run(self, *, failed: bool = False) -> None:
-        """Close the pipeline run (FAILED when ``failed``) and every run of it still RUNNING: nested runs this
-        tracker opened and, found by their parent tag, those opened by other processes (Ray workers). Tried
-        even after tracking was disabled mid-run, so a store that came back gets no run left RUNNING."""
+        """Close the pipeline run (FAILED when ``failed``) and every nested run of it still RUNNING, found by
+        its parent tag (so also those opened by other processes, e.g. Ray workers). Tried even after tracking
+        was disabled mid-run, so a store that came back gets no run left RUNNING."""
         if self.parent_run_id is None:
             return
         parent = self.parent_run_id
@@ -203,13 +201,10 @@ class Tracker:
             client = self.client()
             found = client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}' and "
                                        "attributes.status = 'RUNNING'", max_results=5000)
-            stale = {r.info.run_id for r in found} | (self._opened - {parent})
-            for run_id in sorted(stale):
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_tag(run_id, "ddflow.status", "interrupted")
-                    client.set_terminated(run_id, "FAILED")
+            for run in found:
+                client.set_tag(run.info.run_id, "ddflow.status", "interrupted")
+                client.set_terminated(run.info.run_id, "FAILED")
             client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-            self._opened.clear()
 
         self._guard("ending the pipeline run", go, always=True)
 
@@ -236,7 +231,6 @@ class Tracker:
                 tags[PARENT_TAG] = self.parent_run_id
             run = client.create_run(self.experiment_id, run_name=label or stage, tags=tags)
             run_id = run.info.run_id
-            self._opened.add(run_id)
             params = {**flatten(config.model_dump(mode="json")), "config_digest": config.digest(), "stage_key": key}
             self._log_batch(run_id, params=params)
             self._log_inputs(run_id, inputs)
@@ -244,8 +238,7 @@ class Tracker:
 
         return StageRun(self, self._guard(f"starting stage {stage}", go))
 
-    def record_cached(self, stage: str, ref: ArtifactRef, config: StageConfig,
-                      inputs: Mapping[str, ArtifactRef], *, label: str | None = None) -> None:
+    def record_cached(self, stage: str, ref: ArtifactRef, *, label: str | None = None) -> None:
         """A stage whose output was reused logs no run of its own: the pipeline run gets the tag
         ``ddflow.cached.<label>`` = the id of the run that computed it (``untracked`` if none is known)."""
         if self.parent_run_id is None:
