@@ -23,7 +23,7 @@ def _progress() -> Progress:
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="'fashion-mnist', a folder, a .npz file or a shard URL.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact folder to create.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Artifact folder or fsspec URL to create.")],
     name: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
     test_fraction: Annotated[float, typer.Option(help="Hold-out fraction when the source has no test split.")] = 0.0,
     split_seed: Annotated[int, typer.Option(help="Seed of that hold-out split.")] = 0,
@@ -124,7 +124,7 @@ def show(
 def export(
     artifact: Annotated[str, typer.Argument(help="Dataset artifact (folder or URL) to export, e.g. a distilled set.")],
     fmt: Annotated[str, typer.Option("--format", help="png | imagefolder | pt | hf")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (absent or empty).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Local folder to create (absent or empty).")],
     split: Annotated[str | None, typer.Option(help="Only this split (default: train for png, all for the others).")]
     = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it is not empty (its contents are deleted).")]

@@ -155,6 +155,7 @@ INPUT_CASES: dict[str, CaseFn] = {
     "data-shard-empty": lambda t, f: Case(args=["ingest", _tar(t, []), "--out", str(t / "o")]),
     "data-shard-traversal": lambda t, f: Case(args=["ingest", _shard(t, ("../x.png", b"x"), ("../x.cls", b"0")),
                                                     "--out", str(t / "o")]),
+    "data-shard-no-ext": lambda t, f: Case(args=["ingest", _shard(t, ("README", b"notes")), "--out", str(t / "o")]),
     "data-cifar-shape": lambda t, f: Case(args=["ingest", _cifar_batches(t, np.zeros((10, 100), np.uint8),
                                                                          list(range(10))), "--out", str(t / "o")]),
     "data-cifar-labels": lambda t, f: Case(args=["ingest", _cifar_batches(t, np.zeros((10, 3072), np.uint8),

@@ -150,6 +150,8 @@ CASES: dict[str, CaseFn] = {
         args=["export", str(_artifact(t)), "--format", "png", "--out", str(t / "full")]),
     "export-overlaps": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "png", "--out", str(t),
                                                "--overwrite"]),
+    "export-out-url": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "pt", "--out", "s3://b/x"]),
+    "data-out-url": lambda t, f: Case(args=["ingest", _npz(t), "--out", "foo://x"]),
     "export-hf-missing": lambda t, f: Case(args=["export", str(_artifact(t)), "--format", "hf", "--out", str(t / "o")],
                                            context=_no_datasets),
     "artifact-source-missing": lambda t, f: _artifact_source(t, f, t / "nope"),

@@ -103,6 +103,9 @@ def export_artifact(artifact: str | Path, fmt: str, out: str | Path, *, split: s
         ExportError: ``out`` in the way, or ``hf`` without the ``datasets`` package.
     """
     check_format(fmt)
+    if "://" in str(out):
+        raise ExportError(f"--out {out}: exports are written to a local folder; pass a local path and copy it "
+                          "to the store afterwards")
     if fmt == "hf":
         _import_datasets()
     art = DatasetArtifact.open(artifact)
@@ -113,10 +116,8 @@ def export_artifact(artifact: str | Path, fmt: str, out: str | Path, *, split: s
         splits = list(dict.fromkeys(art.splits.tolist()))  # manifest order: train, val, test, others
         splits = splits[:1] if fmt == "png" else splits
     final = Path(out).expanduser().absolute()
-    if "://" not in str(artifact):
-        src = Path(artifact).expanduser().resolve()
-        if final.resolve() == src or src in final.resolve().parents or final.resolve() in src.parents:
-            raise ExportError(f"--out {out} overlaps the artifact being exported ({src}); choose an --out outside it")
+    if fsio.local_overlap(artifact, final):
+        raise ExportError(f"--out {out} overlaps the artifact being exported ({artifact}); choose an --out outside it")
     if final.exists() and not (final.is_dir() and not any(final.iterdir())) and not overwrite:
         raise ExportError(f"--out {out} exists and is not an empty folder; pass --overwrite to replace it or "
                           "choose another --out")

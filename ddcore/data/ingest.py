@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ddcore.config import StageConfig
+from ddcore.data import storage as fsio
 from ddcore.data.meta import DatasetMeta
 from ddcore.data.sources import SourceSpec, build_source
 from ddcore.data.sources.artifact import ArtifactSpec, pin_digest, reuse_artifact
@@ -83,17 +84,15 @@ def ingest(config: IngestConfig, out: str | Path, *, overwrite: bool = False,
 
 
 def check_out_apart(source: dict[str, Any], out: str | Path) -> None:
-    """Refuse an ``out`` that is, or contains, a local path the source reads (publishing replaces ``out``).
+    """Refuse an ``out`` that is, holds or lies inside a local path the source reads (publishing replaces ``out``;
+    an ``out`` inside an ImageFolder would be read back as a class).
 
     Raises:
         ArtifactError: ``out`` would delete the data being ingested.
     """
-    if "://" in str(out):
-        return
-    target = Path(out).expanduser().resolve()
     for value in source.values():
-        if isinstance(value, str) and value and "://" not in value and not value.startswith("pipe:"):
+        if isinstance(value, str) and value and not value.startswith("pipe:"):
             path = Path(value).expanduser()
-            if path.exists() and (path.resolve() == target or target in path.resolve().parents):
-                raise ArtifactError(f"--out {out} holds the source being ingested ({path}); choose an --out "
+            if path.exists() and fsio.local_overlap(path, out):
+                raise ArtifactError(f"--out {out} overlaps the source being ingested ({path}); choose an --out "
                                     "outside it")

@@ -45,6 +45,17 @@ def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def local_overlap(a: str | Path, b: str | Path) -> bool:
+    """Whether two local paths are the same folder or one lies inside the other (symlinks resolved).
+
+    URLs (``scheme://``) never overlap a path here: publishing to an object store cannot replace a local folder.
+    """
+    if "://" in str(a) or "://" in str(b):
+        return False
+    x, y = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
+    return x == y or x in y.parents or y in x.parents
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 

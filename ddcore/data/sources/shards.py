@@ -7,6 +7,7 @@ environment variable ``DDFLOW_ALLOW_PIPE=1`` is set by whoever starts the proces
 
 from __future__ import annotations
 
+import itertools
 import os
 import tarfile
 from collections.abc import Iterator
@@ -78,9 +79,22 @@ class ShardSource:
         self.classes = list(classes)
 
     def _raw(self, url: str) -> Iterator[dict[str, Any]]:
-        ds = wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=wds.reraise_exception)
+        unsplit: list[str] = []  # members webdataset would drop silently: no '.' to split key from field
+
+        def keep(fname: str) -> bool:
+            if "." not in fname.rsplit("/", 1)[-1]:
+                unsplit.append(fname)
+            return True
+
+        ds = wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=wds.reraise_exception,
+                            select_files=keep)
         try:
-            for sample in ds:
+            for sample in itertools.chain(ds, [None]):
+                if unsplit:
+                    raise DataError(f"shard member {unsplit[0]!r} in {url} has no extension, so it belongs to no "
+                                    "sample; name members <key>.<field> (e.g. 000001.png, 000001.cls) or remove it")
+                if sample is None:
+                    break
                 _check_member_name(sample, url)
                 bad = sorted(k for k in sample if not k.startswith("__") and k.lower() not in SAFE_EXTRA)
                 if bad:
