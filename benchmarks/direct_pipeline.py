@@ -37,7 +37,7 @@ from flows.runners import assign_devices
 from tasks import get_stage
 from tasks.report import read_report
 from tasks.runtime.refs import ArtifactRef
-from tasks.runtime.stage import StageContext, stage_seed
+from tasks.runtime.stage import StageContext, call_stage, stage_seed
 from tasks.runtime.store import output_digest, stage_key
 
 log = logging.getLogger("ddflow.direct")
@@ -73,7 +73,7 @@ class DirectExecutor:
             device = "cpu" if node.placement == "cpu" else self.device
             ctx = StageContext(stage=stage.name, key=key, checkpoint_dir=str(ckpt), device=device,
                                seed=stage_seed(node.config, key), logger=log)
-            stage.fn(dict(inputs), node.config, str(out), ctx)
+            call_stage(stage.fn, inputs, node.config, str(out), ctx)
             sha = output_digest(*fsio.get_fs(str(out)), str(out))[0]  # the digest the store would publish
             self._done[key] = ArtifactRef(uri=str(out), sha256=sha, stage=stage.name, key=key,
                                           kind=stage.kind)

@@ -16,6 +16,7 @@ from orchestration_fixtures import REPO  # noqa: F401 - sets PREFECT_HOME before
 
 from ddcore.data.ingest import IngestConfig
 from ddcore.distill.config import BaselineConfig, DistillConfig
+from ddcore.threads import torch_threads
 from tasks.distill import distill_stage
 from tasks.ingest import ingest_stage
 from tasks.runtime.refs import ArtifactRef
@@ -103,3 +104,57 @@ def test_another_store_gives_the_same_set(source: Path, tmp_path: Path) -> None:
     meta_a, meta_b = (json.loads(f["dataset.json"]) for f in (a, b))
     meta_a.pop("source"), meta_b.pop("source")
     assert meta_a == meta_b
+
+
+def _train_stages(store: ArtifactStore, data: ArtifactRef, threads: int) -> list[str]:
+    """The VAE and teacher stages run from a calling thread with ``threads`` torch threads; their digests."""
+    from ddcore.evaluate.teacher import TeacherConfig
+    from ddcore.latent.vae import VAEConfig
+    from tasks.latents import train_vae_stage
+    from tasks.teacher import teacher_stage
+
+    vae = VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, epochs=1, batch_size=16,
+                    mid_block_attention=False)
+    teacher = TeacherConfig(epochs=1, width=8, batch_size=16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [run_stage(store, "train_vae", train_vae_stage, {"dataset": data}, vae, "vae", device="cpu").sha256,
+                run_stage(store, "train_teacher", teacher_stage, {"dataset": data}, teacher, "teacher",
+                          device="cpu").sha256]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_stages_give_the_same_bytes_under_any_caller_thread_count(source: Path, tmp_path: Path) -> None:
+    """train_vae and train_teacher publish byte-identical outputs whether the runner's thread has 1 or 2 torch
+    threads (Ray workers vs the thread runner): the stage runner pins the config's ``threads``. Control: the
+    same VAE training called directly under 1 and 2 threads gives different weights, so the pin is what makes
+    them equal here."""
+    from ddcore.latent.vae import VAEConfig, build_vae, train_vae
+
+    one, two = (ArtifactStore(tmp_path / f"t{n}") for n in (1, 2))
+    digests = [_train_stages(store, _ingest(store, source), n) for store, n in ((one, 1), (two, 2))]
+    assert digests[0] == digests[1]
+
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cfg = VAEConfig(block_out_channels=(8, 16), norm_num_groups=8, epochs=1, batch_size=16, mid_block_attention=False)
+    weights = []
+    for n in (1, 2):
+        with torch_threads(n):
+            vae = build_vae(cfg, 1, 28)
+            train_vae(vae, x, cfg)
+        weights.append(torch.cat([p.detach().flatten() for p in vae.parameters()]))
+    assert not torch.equal(weights[0], weights[1])
+
+
+def test_stage_threads_reads_the_config_or_a_nested_one() -> None:
+    """A config's own ``threads`` wins; a round config takes its evaluation recipe's; a config without one
+    computes with the runtime default."""
+    from ddcore.evaluate.protocol import EvalConfig
+    from ddcore.threads import DEFAULT_THREADS, stage_threads
+    from tasks.configs import EvalRoundConfig, EvaluateConfig, MergeConfig
+
+    assert stage_threads(EvalConfig(threads=5)) == 5
+    assert stage_threads(EvalRoundConfig(evaluate=EvaluateConfig(eval=EvalConfig(threads=3)), index=0)) == 3
+    assert stage_threads(MergeConfig(parts=2)) == DEFAULT_THREADS

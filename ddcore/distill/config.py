@@ -11,6 +11,7 @@ from ddcore.errors import ConfigError
 from ddcore.geometry.lorentz import CODE_CLAMP_RADIUS
 from ddcore.nets.registry import uses_batch_norm
 from ddcore.nets.spec import NamesNetwork
+from ddcore.threads import CpuThreads
 
 
 class HDDOptions(StageConfig):
@@ -106,7 +107,7 @@ class NCFMOptions(StageConfig):
 NCFM_DEFAULTS: dict[str, object] = {"lr_img": 1e-3, "batch_real": 1024, "init": "mix"}
 
 
-class DistillConfig(StageConfig, NamesNetwork):
+class DistillConfig(StageConfig, NamesNetwork, CpuThreads):
     """One distillation run.
 
     Attributes:

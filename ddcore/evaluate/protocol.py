@@ -28,6 +28,7 @@ from ddcore.augment.dsa import DEFAULT_STRATEGY, parse_strategy
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
 from ddcore.nets.spec import NamesNetwork
+from ddcore.threads import CpuThreads
 
 BEST_LABEL = "best-epoch (test-set selection, optimistic)"
 LAST_LABEL = "last-epoch"
@@ -51,7 +52,7 @@ _LABEL_FIELDS = ("protocol", "network", "epochs", "selection")  # spelled out in
 _RUN_FIELDS = ("num_eval", "seed")  # how many networks and their seeds, recorded beside every number
 
 
-class EvalConfig(StageConfig, NamesNetwork):
+class EvalConfig(StageConfig, NamesNetwork, CpuThreads):
     """Training-and-test recipe for one evaluation run (see the module docstring for the two presets).
 
     Fields:

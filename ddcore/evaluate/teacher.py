@@ -35,6 +35,7 @@ from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.train import EpochCheckpoint, Progress, train_network
 from ddcore.nets.spec import NamesNetwork
 from ddcore.sampling import RealSampler
+from ddcore.threads import CpuThreads
 
 TEACHER_FILE = "teacher.json"
 SAFETENSORS_FILE = "weights.safetensors"
@@ -47,7 +48,7 @@ class TeacherError(WeightsError):
     """A teacher folder is missing, incomplete, corrupt or does not fit the data it is used on."""
 
 
-class TeacherConfig(StageConfig, NamesNetwork):
+class TeacherConfig(StageConfig, NamesNetwork, CpuThreads):
     """How the soft-label teacher is trained on the real training split (defaults: a ConvNet-3 teacher).
 
     Fields:

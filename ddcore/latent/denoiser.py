@@ -50,6 +50,7 @@ from ddcore.errors import DataError, DistillationError
 from ddcore.latent.pushforward import SCHEDULERS, pad_to_factor, save_denoiser
 from ddcore.latent.vae import import_diffusers
 from ddcore.seeding import derive_seed
+from ddcore.threads import CpuThreads
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
@@ -58,7 +59,7 @@ CHECKPOINT_NAME = "denoiser_train_state.pt"
 Progress = Callable[[int, dict[str, float]], None]
 
 
-class DenoiserConfig(StageConfig):
+class DenoiserConfig(StageConfig, CpuThreads):
     """How the pushforward's UNet is built and trained (defaults [D]: a small 2-level UNet, Stable Diffusion's
     1000-step ``scaled_linear`` betas, DDIM sampling, AdamW at 2e-4 with gradient clipping at 1)."""
 

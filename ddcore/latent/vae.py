@@ -47,6 +47,7 @@ from ddcore.latent.folders import (
 )
 from ddcore.latent.identity import IdentityAutoencoder, is_identity_folder
 from ddcore.seeding import derive_seed
+from ddcore.threads import CpuThreads
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -60,7 +61,7 @@ __all__ = [
 CHECKPOINT_NAME = "vae_train_state.pt"
 
 
-class VAEConfig(StageConfig):
+class VAEConfig(StageConfig, CpuThreads):
     """How to obtain the VAE. ``source='pretrained'`` loads ``pretrained_path`` (a local folder);
     ``source='identity'`` uses no VAE at all (latents are the pixels, :mod:`ddcore.latent.identity`: the
     pixel-space reference for DDOQ/D4M); ``source='train'`` builds the small architecture below and trains

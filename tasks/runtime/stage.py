@@ -32,6 +32,7 @@ from typing import Any
 
 from ddcore.config import StageConfig
 from ddcore.errors import DDFlowError
+from ddcore.threads import stage_threads, torch_threads
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
 from tasks.runtime.stage_run import StageRun
@@ -176,6 +177,15 @@ def run_stage(store: ArtifactStore, stage_name: str, fn: StageFn, inputs: Mappin
                         max_oom_retries=max_oom_retries, log=log, label=label)
 
 
+def call_stage(fn: StageFn, inputs: Mapping[str, ArtifactRef], config: StageConfig, out: str,
+               ctx: StageContext) -> StageResult:
+    """Call a stage function with torch's CPU thread count pinned to the config's
+    (:func:`ddcore.threads.stage_threads`): the same key gives the same bytes under every runner and machine
+    core count. Every executor calls stage functions through here."""
+    with torch_threads(stage_threads(config)):
+        return fn(dict(inputs), config, out, ctx)
+
+
 def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: dict[str, ArtifactRef],
              config: StageConfig, kind: ArtifactKind, tracker: Tracker, *, device: str | None,
              on_oom: OomHook | None, max_oom_retries: int,
@@ -191,7 +201,7 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
             tmp = store.begin(stage, key)
             try:
                 fault_point(stage, "before")
-                result = fn(dict(inputs), effective, tmp, ctx)
+                result = call_stage(fn, inputs, effective, tmp, ctx)
                 break
             except Exception as exc:
                 if on_oom is None or not is_cuda_oom(exc) or ctx.attempt >= max_oom_retries:
