@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ddcore.config import StageConfig
 from ddcore.evaluate.protocol import EvalConfig
+from ddcore.evaluate.suite import BASELINE_SEED
 
 
 class EvaluateConfig(StageConfig):
@@ -32,7 +33,7 @@ class BaselineEvalConfig(StageConfig):
 
     eval: EvalConfig
     ipc: int = Field(ge=1)
-    subset_seed: int = 100
+    subset_seed: int = BASELINE_SEED
     teacher: bool = False
     checkpoint_every: int = Field(50, ge=0)
 

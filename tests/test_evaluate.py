@@ -253,15 +253,30 @@ def test_evaluate_set_records_seeds_and_baseline_gives_paired_ior_hlr_lrs() -> N
     cmp = evaluate_with_baseline(syn, real, *TEST, config=cfg, random_seed=7, full_data_acc=0.95)
     assert cmp.random_seeds == [7, 8] and cmp.synthetic.accs == summary.accs
     assert all(r.num_train == syn.images.shape[0] for r in cmp.random.runs)
-    assert cmp.ior_per_round == pytest.approx([a - b for a, b in zip(cmp.synthetic.accs, cmp.random.accs,
-                                                                    strict=True)])
+    ior_rounds = cmp.scores.ior_rounds
+    assert ior_rounds == pytest.approx([a - b for a, b in zip(cmp.synthetic.accs, cmp.random.accs, strict=True)])
     hlrs = [0.95 - a for a in cmp.synthetic.accs]
-    assert cmp.hlr == pytest.approx(summarize(hlrs)[0])
-    lrss = [lrs(i, h) for i, h in zip(cmp.ior_per_round, hlrs, strict=True)]
-    assert cmp.lrs == pytest.approx(summarize(lrss)[0])
+    assert cmp.scores.hlr == pytest.approx(summarize(hlrs)[0])
+    lrss = [lrs(i, h) for i, h in zip(ior_rounds, hlrs, strict=True)]
+    assert cmp.scores.lrs == pytest.approx(summarize(lrss)[0])
+    assert cmp.baseline_ipc == 2
     wrong = TensorSampler(*blobs(3, seed=5), num_classes=K, mean=(0.5,), std=(1.0,))
     with pytest.raises(DataError):
         evaluate_with_baseline(syn, wrong, *TEST, config=cfg)
+
+
+def test_baseline_of_a_factor_two_set_gets_its_storage_budget() -> None:
+    """A set that stores 1 mosaic per class and trains on the 4 crops it decodes into (NCFM factor 2) is
+    compared with 1 random real image per class, as the pipeline's baseline (DD-Ranking's storage budget)."""
+    cfg = tiny(epochs=1, num_eval=1)
+    x, y = TRAIN
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:4] for c in range(K)])
+    syn = SyntheticSet(images=x[keep], labels=y[keep], mean=(0.0,), std=(1.0,), num_classes=K, method="ncfm",
+                       extra={"factor": 2, "stored_ipc": 1})
+    real = TensorSampler(*blobs(10, seed=5), num_classes=K, mean=(0.0,), std=(1.0,))
+    cmp = evaluate_with_baseline(syn, real, *TEST, config=cfg)
+    assert cmp.baseline_ipc == 1 and cmp.random_seeds == [100]
+    assert [r.num_train for r in cmp.random.runs] == [K]
 
 
 @pytest.mark.parametrize("recipe", ["dm", "ncfm"])

@@ -42,25 +42,25 @@ class EvalSummary:
 
 @dataclass
 class BaselineComparison:
-    """Synthetic vs random-subset accuracies under one recipe, and the DD-Ranking scores (fractions).
+    """A set and its random-subset baseline under one recipe, and their DD-Ranking scores (fractions).
 
-    Rounds are paired by network seed (round i of both sets trains from ``config.seed + i``), scores computed
-    by :func:`ddcore.evaluate.metrics.paired_scores`; ``ior_per_round`` is in round order; ``hlr``/``lrs`` are
-    ``None`` unless a full-data accuracy was given. Means and stds are over rounds.
+    Round i of both trains from network seed ``config.seed + i``; the baseline's round i on a random real
+    subset drawn from ``random_seeds[i]`` with ``baseline_ipc`` images per class (the set's storage budget,
+    :func:`~ddcore.evaluate.metrics.stored_ipc`). ``scores`` come from
+    :func:`~ddcore.evaluate.metrics.paired_scores` (IOR always; HLR/LRS with a full-data accuracy and hard labels).
     """
 
     synthetic: EvalSummary
     random: EvalSummary
     random_seeds: list[int]
-    ior: float
-    ior_std: float
-    ior_per_round: list[float]
+    baseline_ipc: int
+    scores: metrics.PairedScores
     full_data_acc: float | None = None
-    hlr: float | None = None
-    hlr_std: float | None = None
-    lrs: float | None = None
-    lrs_std: float | None = None
     lrs_weight: float = 0.5
+
+
+BASELINE_SEED = 100
+"""First random-subset seed of a baseline: the pipeline's ``BaselineEvalConfig.subset_seed`` default."""
 
 
 def _summary(runs: list[EvalRun], config: EvalConfig) -> EvalSummary:
@@ -141,7 +141,7 @@ def evaluate_with_baseline(
     test_labels: torch.Tensor,
     *,
     config: EvalConfig,
-    random_seed: int = 0,
+    random_seed: int = BASELINE_SEED,
     full_data_acc: float | None = None,
     lrs_weight: float = 0.5,
     use_weights: bool = True,
@@ -151,12 +151,15 @@ def evaluate_with_baseline(
     progress: Progress | None = None,
     on_run: OnRun | None = None,
 ) -> BaselineComparison:
-    """Evaluate ``synthetic`` and a random real subset with its per-class counts under ``config``.
+    """Evaluate ``synthetic`` and random real subsets of its storage budget under ``config``, as the pipeline's
+    evaluation, baseline and report stages do.
 
-    Round i trains on the synthetic set and on random subset i (drawn from ``random_seed + i``), both
-    from network seed ``config.seed + i``; IOR_i = acc_syn_i − acc_rdm_i. With ``full_data_acc`` (a
-    fraction) also HLR_i = full − acc_syn_i and LRS_i with weight ``lrs_weight``. The ``teacher`` (if
-    any) is used for both sets; the set's own weights and soft labels only exist for the synthetic set.
+    Round i trains on the synthetic set and on random subset i (drawn from ``random_seed + i``; the default is
+    the pipeline's ``subset_seed``), both from network seed ``config.seed + i``. The subset has the set's
+    per-class counts, or ``stored_ipc`` per class for a set that stores fewer images than it trains on (NCFM
+    factor 2). IOR_i = acc_syn_i − acc_rdm_i; with ``full_data_acc`` (a fraction) and hard labels (no teacher,
+    no soft labels used) also HLR_i = full − acc_syn_i and LRS_i with weight ``lrs_weight``. The ``teacher``
+    (if any) is used for both sets; the set's own weights and soft labels only exist for the synthetic set.
 
     Raises:
         DataError: shapes or normalisation of the set, the real data and the test split disagree.
@@ -180,6 +183,9 @@ def evaluate_with_baseline(
                        use_soft_labels=use_soft_labels, teacher=teacher, device=device, progress=progress,
                        on_run=on_run)
     counts = torch.bincount(synthetic.labels, minlength=synthetic.num_classes).tolist()
+    ipc = metrics.stored_ipc(synthetic.extra, max(counts))
+    if ipc != max(counts):
+        counts = [ipc] * synthetic.num_classes
     random_seeds = [random_seed + i for i in range(config.num_eval)]
     rdm_runs: list[EvalRun] = []
     for i, rs in enumerate(random_seeds):
@@ -192,14 +198,12 @@ def evaluate_with_baseline(
             on_run(run)
     rdm = _summary(rdm_runs, config)
     syn_accs = metrics.by_seed(syn.seeds, syn.accs, "the synthetic set")
+    hard = teacher is None and (synthetic.soft_labels is None or not use_soft_labels)
     scores = metrics.paired_scores(syn_accs, baseline=metrics.by_seed(rdm.seeds, rdm.accs, "the random subsets"),
-                                   hard=syn_accs if full is not None else None, full_data_acc=full,
+                                   hard=syn_accs if full is not None and hard else None, full_data_acc=full,
                                    lrs_weight=lrs_weight)
-    assert scores.ior is not None and scores.ior_std is not None and scores.ior_rounds is not None  # has a baseline
-    return BaselineComparison(synthetic=syn, random=rdm, random_seeds=random_seeds, ior=scores.ior,
-                              ior_std=scores.ior_std, ior_per_round=list(scores.ior_rounds), full_data_acc=full,
-                              hlr=scores.hlr, hlr_std=scores.hlr_std, lrs=scores.lrs, lrs_std=scores.lrs_std,
-                              lrs_weight=lrs_weight)
+    return BaselineComparison(synthetic=syn, random=rdm, random_seeds=random_seeds, baseline_ipc=ipc,
+                              scores=scores, full_data_acc=full, lrs_weight=lrs_weight)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-4) -> bool:
