@@ -11,7 +11,7 @@ uniform quantizer (mean over classes, on the same centroids).
 
 Nothing is tuned here (the test split only reports). Prints a table and writes
 ``benchmarks/results/ddoq_weights.json``.
-Usage: ``python -m benchmarks.ddoq_weights [--ipcs 1,10,50] [--num-eval 5] [--space latent|pixel]``
+Usage: ``python -m benchmarks.ddoq_weights [--ipcs 1,10,50] [--labels hard,soft] [--num-eval 5] [--space latent|pixel]``
 """
 
 from __future__ import annotations
@@ -74,11 +74,15 @@ def main() -> None:
     ap.add_argument("--vae", default='{"block_out_channels": [32, 64], "norm_num_groups": 32, "epochs": 2, '
                                       '"batch_size": 128, "mid_block_attention": false}',
                     help="VAEConfig as JSON (--space latent)")
+    ap.add_argument("--labels", default="hard,soft", help="label protocols to run (hard, soft or both)")
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--temperature", type=float, default=20.0)
     ap.add_argument("--data", default=None, help="existing Fashion-MNIST artifact (else ingested to a temp dir)")
     ap.add_argument("--out", default="benchmarks/results/ddoq_weights.json")
     args = ap.parse_args()
+    labels = set(args.labels.split(","))
+    if not labels <= {"hard", "soft"}:
+        ap.error(f"--labels: unknown protocol in {args.labels!r}; use hard, soft or hard,soft")
     t_start = time.perf_counter()
     tmp, sampler, (test_x, test_y) = fashion_mnist(args.data)  # noqa: F841 - tmp keeps the folder alive
     c, h, _ = sampler.image_shape
@@ -91,8 +95,10 @@ def main() -> None:
     lat = class_latents(sampler, vae)
     vae_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    teacher, tmetrics = train_teacher(sampler, test_x, test_y, config=TeacherConfig(epochs=args.teacher_epochs,
-                                                                                    width=args.width))
+    teacher, tmetrics = None, {}
+    if "soft" in labels:
+        teacher, tmetrics = train_teacher(sampler, test_x, test_y, config=TeacherConfig(epochs=args.teacher_epochs,
+                                                                                        width=args.width))
     teacher_seconds = time.perf_counter() - t0
     hard = EvalConfig.dm_protocol(epochs=args.eval_epochs, width=args.width, num_eval=args.num_eval)
     soft = hard.model_copy(update={"soft_label_temperature": args.temperature})
@@ -110,7 +116,7 @@ def main() -> None:
             x, y = random_subset(sampler, [ipc] * sampler.num_classes, seed=100 + i)
             rnd_sets.append(SyntheticSet(images=x, labels=y, mean=sampler.mean, std=sampler.std,
                                          num_classes=sampler.num_classes, method="random"))
-        for label, ecfg, tch in (("hard", hard, None), ("soft", soft, teacher)):
+        for label, ecfg, tch in [p for p in (("hard", hard, None), ("soft", soft, teacher)) if p[0] in labels]:
             accs = {v: evaluate_set(made[v].synthetic, test_x, test_y, config=ecfg, teacher=tch).accs
                     for v in ("ddoq", "d4m")}
             rnd = [evaluate_set(s, test_x, test_y, teacher=tch,
