@@ -79,7 +79,7 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on
 # The commands live in modules of their own; importing them registers them on ``app``.
 from flows import cli_data, cli_run  # noqa: E402,F401
 from flows.cli_config import config_app  # noqa: E402 - the `ddflow config` sub-commands (schema, docs)
-from flows.cli_run import _prefect_env, prefect_start_error, print_summary  # noqa: E402,F401 - public names
+from flows.cli_run import prefect_start_error, print_summary  # noqa: E402,F401 - public names
 
 app.add_typer(config_app, name="config")
 

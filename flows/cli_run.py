@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -73,24 +72,30 @@ def run(
     = None,
 ) -> None:
     """Run the pipeline described by CONFIG (cached stages are not recomputed)."""
+    server = None
     try:
+        from flows.temp_server import RunServer
+
+        server = RunServer(root)  # first: Prefect's temporary server starts while the rest imports
         from flows.config import load_config
 
         cfg = load_config(str(config), overrides or [])
-        _prefect_env(root)
         from flows.distill import run_with_runner
 
         configure_run_logging()
         from flows.cli_progress import stage_bars
 
-        with stage_bars(err_console):
+        with server.pointed(), stage_bars(err_console):
             summary = run_with_runner(str(config), overrides or [], root, force or [])
     except DDFlowError as exc:
         fail(exc)
     except RuntimeError as exc:
         fail(prefect_start_error(exc))
+    finally:
+        if server is not None:
+            server.close()
     print_summary(summary)
-    from flows.orchestration import default_root
+    from flows.roots import default_root
 
     console.print(f"summary: {default_root(root)}/runs/{cfg.name}/summary.json")
 
@@ -108,8 +113,8 @@ def plan(
     try:
         from ddcore.errors import ConfigError
         from flows.config import load_config
-        from flows.orchestration import default_root
         from flows.plan_view import counts, node_states, plan_for_store, to_json, to_mermaid
+        from flows.roots import default_root
         from tasks.runtime.store import ArtifactStore
 
         if fmt not in ("table", "mermaid", "json"):
@@ -152,6 +157,7 @@ def evaluate(
     root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
 ) -> None:
     """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
+    server = None
     try:
         from ddcore.errors import ConfigError
         from flows.config import load_config
@@ -164,60 +170,32 @@ def evaluate(
 
         load_config(str(config), overrides or [])
         check_evaluation_inputs(synthetic, data)  # before Prefect starts: a wrong path or a mismatch fails at once
-        _prefect_env(root)
+        from flows.temp_server import RunServer
+
+        server = RunServer(root)
         from flows.reuse import evaluate_flow
 
         configure_run_logging()
-        summary = evaluate_flow(synthetic, data, str(config), overrides or [], root)
+        with server.pointed():
+            summary = evaluate_flow(synthetic, data, str(config), overrides or [], root)
     except DDFlowError as exc:
         fail(exc)
     except RuntimeError as exc:
         fail(prefect_start_error(exc))
+    finally:
+        if server is not None:
+            server.close()
     print_summary(summary)
 
 
 def prefect_start_error(exc: RuntimeError) -> DDFlowError:
-    """Prefect's "Timed out while attempting to connect to ephemeral Prefect API server" as one line (any other
-    RuntimeError is re-raised: it is a bug, and its traceback is wanted)."""
+    """Prefect's "Timed out while attempting to connect to ephemeral Prefect API server" (a server Prefect
+    started itself) as one line; any other RuntimeError is re-raised: it is a bug, and its traceback is wanted."""
     if "ephemeral Prefect API server" not in str(exc):
         raise exc
-    limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
-    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "the database in PREFECT_HOME")
-    return DDFlowError(f"Prefect's temporary server did not start within {limit} s (a busy machine, or its database "
-                       f"{db} locked by another process); run again, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_"
-                       "SECONDS, or start 'prefect server start' and set PREFECT_API_URL")
+    from flows.temp_server import start_error
 
-
-def _prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
-    """Quiet, patient defaults for Prefect's temporary server (overridable by the environment).
-
-    Without ``PREFECT_API_URL`` (no server to talk to) the temporary server of a run keeps its state in
-    ``<root>/prefect/prefect.db`` instead of the database in ``PREFECT_HOME`` that every other Prefect
-    process of the user shares (SQLite allows one writer: another process holding it made the run's server
-    fail with ``database is locked``). An explicit ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` wins.
-    Must run before prefect is imported.
-    """
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    db_keys = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
-    if not own_database or os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in db_keys):
-        return
-    from flows.orchestration import default_root
-
-    local = default_root(root)
-    if "://" in local:
-        return
-    folder = Path(local, "prefect")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DDFlowError(f"cannot write the artifact root {local} ({exc.strerror or exc}); pass a writable "
-                          "--root or set DDFLOW_ROOT") from None
-    if not os.access(folder, os.W_OK):
-        raise DDFlowError(f"the artifact root {local} is not writable; pass a writable --root or set DDFLOW_ROOT")
-    if "prefect" not in sys.modules:  # its settings are read once, at import (in-process callers keep theirs)
-        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{folder}/prefect.db"
+    return start_error()
 
 
 @app.command()
@@ -231,7 +209,7 @@ def lineage(
 ) -> None:
     """Show where an artifact comes from: the chain of stages back to the source data (from ref.json files)."""
     try:
-        from flows.orchestration import default_root
+        from flows.roots import default_root
         from tasks.runtime.lineage import build_lineage, lineage_json, lineage_tree, resolve_record
         from tasks.runtime.store import ArtifactStore
         from tasks.runtime.tracking import Tracker
@@ -265,7 +243,9 @@ def serve(
 ) -> None:
     """Serve CONFIG on a cron or interval schedule (needs 'prefect server start' and PREFECT_API_URL)."""
     try:
-        _prefect_env(own_database=False)
+        from flows.temp_server import prefect_env
+
+        prefect_env(own_database=False)
         from flows.serve import serve as serve_config
 
         serve_config(config, cron=cron, interval=interval, name=name, entrypoint=entrypoint, overrides=overrides,

@@ -24,26 +24,19 @@ has one nested run per stage.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
+from flows.roots import default_root  # noqa: F401 - re-exported: flows and tests import it from here
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageError
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
 
 log = logging.getLogger("ddflow.flow")
-
-
-def default_root(root: str | None = None) -> str:
-    """``root``, else ``$DDFLOW_ROOT``, else ``./artifacts``; local paths made absolute, URLs kept."""
-    value = root or os.environ.get("DDFLOW_ROOT") or "artifacts"
-    return value if "://" in value else str(Path(value).expanduser().resolve())
 
 
 class PipelineRun:

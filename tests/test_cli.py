@@ -72,7 +72,7 @@ def test_image_folder_via_cli(tmp_path: Path) -> None:
 def test_temporary_prefect_server_keeps_its_database_under_the_root(tmp_path: Path, env: dict[str, str]) -> None:
     """Without a Prefect server (PREFECT_API_URL) or an explicit database, a run's temporary Prefect server
     uses <root>/prefect/prefect.db, not the PREFECT_HOME database other Prefect processes share."""
-    code = ("import os, sys; from flows.cli import _prefect_env; _prefect_env(sys.argv[1]); "
+    code = ("import os, sys; from flows.temp_server import prefect_env; prefect_env(sys.argv[1]); "
             "print(os.environ.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-'))")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], env={**clean, **env},

@@ -79,6 +79,8 @@ class RefRecord(BaseModel):
         digest_method: ``"dataset"`` (sha256 = ``dataset.json`` digest) or ``"tree"`` (sha256 over the
             sorted ``(relative path, file sha256)`` pairs).
         host: machine that produced it.
+        tracking: ``{"uri", "run_id"}`` of the MLflow run that computed it (empty when untracked); a run
+            that finds the output cached links that run instead of logging one.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -98,6 +100,7 @@ class RefRecord(BaseModel):
     files: dict[str, int] = Field(default_factory=dict)
     digest_method: Literal["dataset", "tree"] = "tree"
     host: str = ""
+    tracking: dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

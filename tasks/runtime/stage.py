@@ -218,7 +218,8 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
         metrics = _checked_metrics(stage, result)
         ref = store.publish(stage, key, tmp, kind=kind, config=config, inputs=inputs, metrics=metrics,
                             started_at=started, duration_s=time.perf_counter() - t0,
-                            effective_config=None if effective is config else effective)
+                            effective_config=None if effective is config else effective,
+                            tracking=run.reference())
     except BaseException as exc:
         if tmp is not None:
             store.discard(tmp)

@@ -20,6 +20,12 @@ class StageRun:
         self._pending: list[tuple[str, float, int]] = []
         self._lock = threading.Lock()
 
+    def reference(self) -> dict[str, str]:
+        """``{"uri", "run_id"}`` of this run for the output's ``ref.json`` (empty when untracked)."""
+        if self.run_id is None or self.tracker.tracking_uri is None:
+            return {}
+        return {"uri": str(self.tracker.tracking_uri), "run_id": self.run_id}
+
     @property
     def active(self) -> bool:
         return self.run_id is not None and self.tracker.enabled

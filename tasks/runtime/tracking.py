@@ -72,6 +72,7 @@ class Tracker:
         self.parent_run_id: str | None = None
         self._client: Any = None
         self._lock = uri_lock(tracking_uri)
+        self._cached_tags: dict[str, str] = {}  # ddflow.cached.<node> -> run id, written by end_run
         self.lost = 0
         self.lost_reason: str | None = None
 
@@ -199,6 +200,10 @@ class Tracker:
 
         def go() -> None:
             client = self.client()
+            with self._lock:
+                cached, self._cached_tags = dict(self._cached_tags), {}
+            if cached:
+                self._log_batch(parent, tags=cached)
             found = client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}' and "
                                        "attributes.status = 'RUNNING'", max_results=5000)
             for run in found:
@@ -240,20 +245,28 @@ class Tracker:
 
     def record_cached(self, stage: str, ref: ArtifactRef, *, label: str | None = None) -> None:
         """A stage whose output was reused logs no run of its own: the pipeline run gets the tag
-        ``ddflow.cached.<label>`` = the id of the run that computed it (``untracked`` if none is known)."""
+        ``ddflow.cached.<label>`` = the id of the run that computed it (from the output's ``ref.json``, else
+        searched by stage key; ``untracked`` if none is known). The tags are written in one batch by
+        :meth:`end_run`."""
         if self.parent_run_id is None:
             return
-        parent = self.parent_run_id
+        from tasks.runtime.store import read_record_at
 
-        def go() -> None:
-            client = self.client()
-            made = client.search_runs([self.experiment_id], f"tags.`ddflow.stage_key` = '{ref.key}' and "
-                                      "tags.`ddflow.status` = 'computed' and attributes.status = 'FINISHED'",
-                                      max_results=1, order_by=["attributes.start_time DESC"])
-            client.set_tag(parent, metric_key(f"ddflow.cached.{label or stage}"),
-                           made[0].info.run_id if made else "untracked")
+        rec = read_record_at(ref.uri)
+        made = rec.tracking.get("run_id") if rec is not None and rec.tracking.get("uri") == str(self.tracking_uri) \
+            else None
+        if made is None:
+            def search() -> str:
+                found = self.client().search_runs(
+                    [self.experiment_id], f"tags.`ddflow.stage_key` = '{ref.key}' and tags.`ddflow.status` = "
+                    "'computed' and attributes.status = 'FINISHED'", max_results=1,
+                    order_by=["attributes.start_time DESC"])
+                return found[0].info.run_id if found else "untracked"
 
-        self._guard(f"recording cached stage {stage}", go)
+            made = self._guard(f"recording cached stage {stage}", search)
+        if made is not None:
+            with self._lock:
+                self._cached_tags[metric_key(f"ddflow.cached.{label or stage}")] = made
 
     def log_pipeline_inputs(self, inputs: Mapping[str, ArtifactRef]) -> None:
         """Record ``inputs`` (the ingested dataset) as input datasets of the pipeline run."""

@@ -1,0 +1,162 @@
+"""The temporary Prefect API server of one ``ddflow run`` / ``ddflow evaluate``, started before the run's imports.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server itself, but only when the flow is first called:
+after torch, ddcore and Prefect have been imported, so a cached re-run waited for the two one after the
+other (about 5 s each on 2 cores). Here ``prefect server start`` (Prefect's own CLI, UI and background
+services off, as Prefect's temporary server runs them) is launched as the first thing the command does, on
+a free local port, with the run's own database (:func:`prefect_env`); the run is pointed at it through
+``temporary_settings`` once it is healthy, and the server is stopped when the command ends. A
+``PREFECT_API_URL`` from the environment or the active Prefect profile wins: nothing is started then (or the
+early start is stopped unused).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ddcore.errors import DDFlowError
+from flows.roots import default_root
+
+STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+DB_KEYS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+def prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
+    """Quiet, patient defaults for the run's temporary server (overridable by the environment).
+
+    Without ``PREFECT_API_URL`` (no server to talk to) the temporary server of a run keeps its state in
+    ``<root>/prefect/prefect.db`` instead of the database in ``PREFECT_HOME`` that every other Prefect
+    process of the user shares (SQLite allows one writer: another process holding it made the run's server
+    fail with ``database is locked``). An explicit ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` wins.
+    Must run before prefect is imported.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault(STARTUP_ENV, "300")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not own_database or os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in DB_KEYS):
+        return
+    local = default_root(root)
+    if "://" in local:
+        return
+    folder = Path(local, "prefect")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DDFlowError(f"cannot write the artifact root {local} ({exc.strerror or exc}); pass a writable "
+                          "--root or set DDFLOW_ROOT") from None
+    if not os.access(folder, os.W_OK):
+        raise DDFlowError(f"the artifact root {local} is not writable; pass a writable --root or set DDFLOW_ROOT")
+    if "prefect" not in sys.modules:  # its settings are read once, at import (in-process callers keep theirs)
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{folder}/prefect.db"
+
+
+def start_error(detail: str = "") -> DDFlowError:
+    """The one line for a temporary server that did not come up."""
+    limit = os.environ.get(STARTUP_ENV, "?")
+    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "the database in PREFECT_HOME")
+    return DDFlowError(f"Prefect's temporary server did not start within {limit} s{detail} (a busy machine, or its "
+                       f"database {db} locked by another process); run again, raise {STARTUP_ENV}, or start "
+                       "'prefect server start' and set PREFECT_API_URL")
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TemporaryServer:
+    """A ``prefect server start`` child process on a free local port (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+               "--no-services"]
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Stopped at interpreter exit, after Prefect's own exit handlers (registered later, so run earlier) have
+        # sent the run's last logs and events to it.
+        atexit.register(self.stop)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_healthy(self) -> None:
+        """Block until ``/api/health`` answers (at most ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``).
+
+        Raises:
+            DDFlowError: the server exited or did not answer in time (one line).
+        """
+        import httpx
+
+        limit = float(os.environ.get(STARTUP_ENV, "300"))
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc and self.proc.stderr else ""
+                last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+                raise start_error(f" (it exited: {last[:200]})" if last else " (it exited)")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise start_error()
+
+    def stop(self) -> None:
+        """Terminate the server (kill it after 10 s); safe to call twice."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class RunServer:
+    """The Prefect side of one command that runs a flow (see the module docstring).
+
+    Created first thing (it sets the database environment and starts the server early);
+    :meth:`pointed` wraps the flow call once Prefect is imported; :meth:`close` stops a server left unused.
+    """
+
+    def __init__(self, root: str | None = None) -> None:
+        prefect_env(root)
+        wanted = not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules
+        self.early = TemporaryServer() if wanted else None
+        self._used = False
+
+    @contextlib.contextmanager
+    def pointed(self) -> Iterator[None]:
+        """Prefect's settings for the flow call: the early server's API URL when Prefect has no server
+        configured (environment or profile) and allows a temporary one; otherwise Prefect's own choice."""
+        from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+        settings = get_current_settings()
+        if self.early is None or settings.api.url or not settings.server.ephemeral.enabled:
+            self.close()
+            yield
+            return
+        self.early.wait_healthy()
+        self._used = True
+        with temporary_settings(updates={PREFECT_API_URL: self.early.api_url}):
+            yield
+
+    def close(self) -> None:
+        """Stop a server the run did not use (one it used is stopped at exit, see :class:`TemporaryServer`)."""
+        if self.early is not None and not self._used:
+            self.early.stop()
