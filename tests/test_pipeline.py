@@ -58,6 +58,20 @@ def _summary(root: Path) -> dict:
     return json.loads((root / "runs" / "t" / "summary.json").read_text())
 
 
+def _servers_of(root: Path) -> list[int]:
+    """Pids of live `prefect server start` processes whose database lies under ``root``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"server" in cmd and b"start" in cmd and str(root).encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, tmp_path: Path,
                                                               prefect_home: Path) -> None:
     """First run computes every stage and writes the documented summary; the second computes none."""
@@ -98,6 +112,11 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
     assert set(statuses) == {"FINISHED"}, statuses
     # The temporary Prefect server of each command kept its state under the root, not in PREFECT_HOME.
     assert (tmp_path / "root" / "prefect" / "prefect.db").is_file() and not (prefect_home / "prefect.db").exists()
+    # ... its flow runs are recorded there, and every command stopped its server when it ended.
+    flow_runs = sqlite3.connect(tmp_path / "root" / "prefect" / "prefect.db").execute(
+        "select count(*) from flow_run").fetchone()[0]
+    assert flow_runs == 3, flow_runs  # run, cached re-run, evaluate
+    assert not _servers_of(tmp_path / "root")
 
 
 @pytest.mark.slow  # ~90 s; tests/test_orchestration_flow.py covers --force in 5 s (.ci/run runs it)

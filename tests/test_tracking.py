@@ -76,6 +76,7 @@ def test_parent_and_nested_runs_with_lineage(tmp_path: Path, toy_env: Path, mlfl
 
     rec = resolve_record(ArtifactStore(tmp_path), double.info.run_id, tracker=Tracker(mlflow_uri, "toy-lineage"))
     assert rec.ref.sha256 == ref["sha256"]
+    assert rec.tracking == {"uri": mlflow_uri, "run_id": double.info.run_id}  # what a cached re-run links to
     res = CliRunner().invoke(app, ["lineage", double.info.run_id, "--root", str(tmp_path), "--tracking-uri",
                                    mlflow_uri, "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["inputs"][0]["key"] == make_ref["key"]

@@ -273,8 +273,8 @@ class ArtifactStore:
 
     def publish(self, stage: str, key: str, tmp_uri: str, *, kind: ArtifactKind, config: StageConfig,
                 inputs: Mapping[str, ArtifactRef], metrics: Mapping[str, Any], started_at: str,
-                duration_s: float, effective_config: StageConfig | None = None,
-                tracking: Mapping[str, str] | None = None) -> ArtifactRef:
+                duration_s: float, effective_config: StageConfig | None = None, tracking: Mapping[str, str] | None
+                = None) -> ArtifactRef:
         """Seal the temporary folder: digest it, write ``ref.json`` (atomically) and move it into place;
         ``tracking`` names the MLflow run that computed it (``uri``, ``run_id``).
 
