@@ -146,7 +146,7 @@ def _quantize(inputs: MethodInputs, cfg: Any) -> SyntheticSet:
         raise ConfigError(f"{cfg.variant} needs the dataset artifact, the latents and the VAE folder; "
                           "run it through the pipeline, which passes them")
     return distill_from_latents(inputs.artifact, inputs.latents, inputs.vae, cfg, device=inputs.device,
-                                denoiser_dir=inputs.denoiser)
+                                denoiser_dir=inputs.denoiser, log=inputs.log)
 
 
 def _pushforward_needs(cfg: Any) -> frozenset[str]:

@@ -52,12 +52,12 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
     keep = load_keep(inputs["features"].uri) if "features" in inputs else None
     needs = sorted(method.needs_for(config))
     given = {need: inputs[need].uri for need in needs}
-    total = getattr(config, "iterations", None)
+    iterations = getattr(config, "iterations", None)  # DM/HDD/NCFM log iterations, DDOQ/D4M finished classes
+    total, unit = (iterations, "iterations") if iterations else (art.meta.num_classes, "classes")
 
     def log(it: int, m: dict) -> None:
         ctx.log_metrics(it, m)
-        if total:
-            ctx.progress(it, total, "iterations", **m)
+        ctx.progress(it, total, unit, **m)
 
     sset = method.run(MethodInputs(ArtifactSampler(art, "train", keep=keep), art, ctx.device, ctx.local_checkpoint_dir,
                                    log, **given), config)

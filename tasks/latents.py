@@ -119,6 +119,7 @@ def encode_latents_stage(
     checkpoint_dir: str | Path | None = None,
     split: str = "train",
     shard_size: int = 5000,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Encode ``split`` of the dataset with the VAE folder ``vae_dir`` into a latent artifact at ``out``
     (resumable per shard from ``checkpoint_dir``, see :func:`~ddcore.latent.shards.encode_dataset`).
@@ -129,7 +130,8 @@ def encode_latents_stage(
     art = DatasetArtifact.open(dataset_uri)
     vae = load_pretrained_vae(vae_dir).to(device).eval()
     meta = encode_dataset(art, vae, out, split=split, batch_size=batch_size, dtype=dtype, shard_size=shard_size,
-                          work_dir=checkpoint_dir, vae_digest=folder_digest(vae_dir), overwrite=True)
+                          work_dir=checkpoint_dir, vae_digest=folder_digest(vae_dir), overwrite=True,
+                          progress=progress)
     secs = float(meta.run["seconds"])
     enc = int(meta.run["encoded"])
     return {"n": int(meta.counts["total"]), "encoded": enc, "reused_shards": int(meta.run["reused_shards"]),
@@ -156,7 +158,8 @@ def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str,
 
 def encode_stage(inputs: dict[str, ArtifactRef], config: EncodeConfig, out: str, ctx: StageContext) -> dict:
     return encode_latents_stage(inputs["dataset"].uri, inputs["vae"].uri, out, batch_size=config.batch_size,
-                                dtype=config.dtype, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir)
+                                dtype=config.dtype, device=ctx.device, checkpoint_dir=ctx.checkpoint_dir,
+                                progress=lambda done, total: ctx.progress(done, total, "images"))
 
 
 TRAIN_VAE = make_stage_task("train_vae", train_vae_stage, "vae", retries=1, tags=("gpu",))

@@ -38,6 +38,7 @@ from tasks.configs import EncodeConfig
 from tasks.distill import distill_stage
 from tasks.ingest import ingest_stage
 from tasks.latents import encode_stage, train_vae_stage
+from tasks.runtime import progress
 from tasks.runtime.stage import run_stage
 from tasks.runtime.store import ArtifactStore
 
@@ -188,8 +189,20 @@ def test_vae_latents_denoiser_and_ddoq_pushforward_through_run_stage(fake_fmnist
                                             "shard_size": 64})
     data = run_stage(store, "ingest", ingest_stage, {}, ingest_cfg, "dataset", device="cpu")
     vae = run_stage(store, "train_vae", train_vae_stage, {"dataset": data}, VAE_CFG, "vae", device="cpu")
-    lat = run_stage(store, "encode_latents", encode_stage, {"dataset": data, "vae": vae}, EncodeConfig(batch_size=64),
-                    "latents", device="cpu")
+    seen: list[tuple[str, int, int, str]] = []  # every long stage reports progress: (label, done, total, text)
+    progress.set_display(lambda label, done, total, text: seen.append((label, done, total, text)))
+    try:
+        lat = run_stage(store, "encode_latents", encode_stage, {"dataset": data, "vae": vae},
+                        EncodeConfig(batch_size=64), "latents", device="cpu")
+        plain = run_stage(store, "distill", distill_stage, {"dataset": data, "latents": lat, "vae": vae},
+                          DDOQConfig(ipc=1, seed=3), "synthetic", device="cpu")
+    finally:
+        progress.set_display(None)
+    encoded = [s for s in seen if s[0] == "encode_latents"]
+    assert encoded[-1][1:3] == (120, 120) and "images" in encoded[-1][3]
+    classes = [s[1] for s in seen if s[0] == "distill"]
+    assert classes == list(range(1, 11)) and "quantization_error" in next(s[3] for s in seen if s[0] == "distill")
+    assert plain.kind == "synthetic"
     stage = get_stage("train_denoiser")
     den_cfg = TINY.model_copy(update={"epochs": 1, "batch_size": 40})
     den = run_stage(store, stage.name, stage.fn, {"latents": lat}, den_cfg, stage.kind, device="cpu")

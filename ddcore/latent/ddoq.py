@@ -161,6 +161,7 @@ def distill_ddoq(
     std: tuple[float, ...],
     image_size: int | tuple[int, int] | None = None,
     pushforward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> DDOQResult:
     """DDOQ / D4M distillation from per-class latent streams.
 
@@ -176,6 +177,7 @@ def distill_ddoq(
         pushforward: optional ``(latents [K, ...], labels [K]) -> pixel images [K, C, H, W] in [0, 1]``
             replacing plain decoding (e.g. :class:`ddcore.latent.pushforward.Pushforward`); its
             ``seeds`` attribute, if any, is merged into the recorded seeds.
+        log: ``log(classes_done, {"quantization_error": ..., "seconds": ...})`` after each class (progress).
 
     Returns:
         a :class:`DDOQResult`: the :class:`SyntheticSet` with ``ipc`` images per class, labels and per-image
@@ -229,6 +231,8 @@ def distill_ddoq(
         extra["quantization_error"].append(qerr)
         extra["class_sizes"].append(n)
         extra["empty_cells"] += int((q.counts == 0).sum())
+        if log is not None:
+            log(c + 1, {"quantization_error": float(qerr), "seconds": seconds[-1]})
     seeds.update(getattr(pushforward, "seeds", {}) or {})
     out = torch.cat(images)
     if not torch.isfinite(out).all():

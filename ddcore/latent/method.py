@@ -9,6 +9,7 @@ latent artifact, a VAE folder and (with ``cfg.pushforward``) a denoiser folder m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def pushforward_for(lat: Any, denoiser_dir: str | Path | None, vae: Any, cfg: DD
 
 def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae_dir: str | Path, cfg: DDOQConfig,
                          *, device: str | torch.device = "cpu", read_batch: int = 4096,
-                         w2_max_points: int = 2000, denoiser_dir: str | Path | None = None) -> SyntheticSet:
+                         w2_max_points: int = 2000, denoiser_dir: str | Path | None = None,
+                         log: Callable[[int, dict[str, float]], None] | None = None) -> SyntheticSet:
     """DDOQ / D4M on the latents of ``artifact``'s train split.
 
     Checks that the latents were encoded from this dataset (digest) by this VAE folder (digest), runs
@@ -115,7 +117,7 @@ def distill_from_latents(artifact: DatasetArtifact, latents_uri: str | Path, vae
         pf, pf_info = pushforward_for(lat, denoiser_dir, vae, cfg, image_size=(h, w), channels=c, device=device)
     res = distill_ddoq(lambda k: latents_by_class(lat, k, read_batch, device=device), vae, cfg,
                        num_classes=artifact.meta.num_classes, mean=tuple(artifact.meta.mean),
-                       std=tuple(artifact.meta.std), image_size=(h, w), pushforward=pf)
+                       std=tuple(artifact.meta.std), image_size=(h, w), pushforward=pf, log=log)
     sset = res.synthetic
     reports = [w2_report(lat, k, res.centroids[k], cell_masses(torch.tensor(sset.extra["cell_counts"][k])),
                          max_points=w2_max_points, seed=cfg.seed) for k in range(artifact.meta.num_classes)]
