@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from ddcore.errors import DDFlowError
-
-# torch warns at import time that torch.jit.script is deprecated (a dependency calls it, not ddflow): every
-# command printed it. Only that warning is silenced.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ddflow: orchestrated, reproducible dataset distillation.")
