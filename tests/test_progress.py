@@ -97,3 +97,19 @@ def test_terminal_bars_draw_and_uninstall() -> None:
         assert prog._DISPLAY
     assert not prog._DISPLAY
     assert "train_vae" in out.getvalue()
+
+
+def test_elapsed_and_eta_count_from_the_stage_start(caplog: pytest.LogCaptureFixture) -> None:
+    """The first progress report of a stage that started a minute ago says about a minute elapsed (not 0 s),
+    and the ETA of 1 of 2 epochs done is about another minute."""
+    import time
+
+    from tasks.runtime.stage import StageContext
+
+    ctx = StageContext(stage="train_denoiser", key="k" * 20, checkpoint_dir="/nonexistent", device="cpu", seed=0,
+                       _started=time.monotonic() - 60)
+    with caplog.at_level("INFO"):
+        ctx.progress(1, 2, "epochs", loss=0.5)
+    (line,) = [r.getMessage() for r in caplog.records if "epochs" in r.getMessage()]
+    assert "1/2 epochs (50%)" in line and ("1m00s elapsed" in line or "1m01s elapsed" in line), line
+    assert "ETA 1m0" in line, line

@@ -72,9 +72,9 @@ class StageProgress:
     """Progress of one stage execution (see the module docstring). Thread-safe; cheap to call often."""
 
     def __init__(self, label: str, logger: logging.Logger | logging.LoggerAdapter, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, started: float | None = None) -> None:
         self.label, self.logger, self.clock = label, logger, clock
-        self.started = clock()
+        self.started = clock() if started is None else started  # on ``clock``'s scale
         self._last_log: float | None = None
         self._last_artifact: float | None = None
         self._artifact_id: Any = None

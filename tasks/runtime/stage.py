@@ -110,6 +110,7 @@ class StageContext:
     run: StageRun | None = None
     label: str | None = None
     _progress: StageProgress | None = field(default=None, repr=False)
+    _started: float = field(default_factory=time.monotonic, repr=False)  # elapsed/ETA count from the stage's start
 
     @property
     def local_checkpoint_dir(self) -> Path:
@@ -134,7 +135,7 @@ class StageContext:
         """Report that ``done`` of ``total`` units are finished (a log line every few seconds, a Prefect
         progress artifact, the terminal's bar: :mod:`tasks.runtime.progress`)."""
         if self._progress is None:
-            self._progress = StageProgress(self.label or self.stage, self.logger)
+            self._progress = StageProgress(self.label or self.stage, self.logger, started=self._started)
         self._progress.update(int(done), int(total), unit, **metrics)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
