@@ -85,7 +85,7 @@ class TemporaryServer:
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Stopped at interpreter exit, after Prefect's own exit handlers (registered later, so run earlier) have
         # sent the run's last logs and events to it.
-        atexit.register(self.stop)
+        atexit.register(self.stop, wait=False)
 
     @property
     def api_url(self) -> str:
@@ -114,12 +114,17 @@ class TemporaryServer:
             time.sleep(0.1)
         raise start_error()
 
-    def stop(self) -> None:
-        """Terminate the server (kill it after 10 s); safe to call twice."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Terminate the server; with ``wait``, until it has exited (killed after 10 s). Safe to call twice.
+
+        At interpreter exit it is not waited for: its graceful shutdown takes about 2 s, every record of the run
+        was written before (Prefect's exit handlers ran first), and it ends on its own."""
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
         proc.terminate()
+        if not wait:
+            return
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -116,6 +116,9 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
     flow_runs = sqlite3.connect(tmp_path / "root" / "prefect" / "prefect.db").execute(
         "select count(*) from flow_run").fetchone()[0]
     assert flow_runs == 3, flow_runs  # run, cached re-run, evaluate
+    deadline = time.monotonic() + 20  # a server is told to stop at its command's exit and ends within seconds
+    while _servers_of(tmp_path / "root") and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not _servers_of(tmp_path / "root")
 
 
