@@ -245,7 +245,7 @@ def serve(
     try:
         from flows.temp_server import prefect_env
 
-        prefect_env(own_database=False)
+        prefect_env()
         from flows.serve import serve as serve_config
 
         serve_config(config, cron=cron, interval=interval, name=name, entrypoint=entrypoint, overrides=overrides,

@@ -4,7 +4,7 @@ Without ``PREFECT_API_URL`` Prefect starts a temporary server itself, but only w
 after torch, ddcore and Prefect have been imported, so a cached re-run waited for the two one after the
 other (about 5 s each on 2 cores). Here ``prefect server start`` (Prefect's own CLI, UI and background
 services off, as Prefect's temporary server runs them) is launched as the first thing the command does, on
-a free local port, with the run's own database (:func:`prefect_env`); the run is pointed at it through
+a free local port, with the run's own database (:func:`server_database`); the run is pointed at it through
 ``temporary_settings`` once it is healthy, and the server is stopped when the command ends. A
 ``PREFECT_API_URL`` from the environment or the active Prefect profile wins: nothing is started then (or the
 early start is stopped unused).
@@ -29,23 +29,28 @@ STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DB_KEYS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 
 
-def prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
-    """Quiet, patient defaults for the run's temporary server (overridable by the environment).
-
-    Without ``PREFECT_API_URL`` (no server to talk to) the temporary server of a run keeps its state in
-    ``<root>/prefect/prefect.db`` instead of the database in ``PREFECT_HOME`` that every other Prefect
-    process of the user shares (SQLite allows one writer: another process holding it made the run's server
-    fail with ``database is locked``). An explicit ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` wins.
-    Must run before prefect is imported.
-    """
+def prefect_env() -> None:
+    """Quiet, patient defaults for Prefect in this process (the environment wins). Run before prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault(STARTUP_ENV, "300")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not own_database or os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in DB_KEYS):
-        return
+
+
+def server_database(root: str | None = None) -> str | None:
+    """The database URL of a run's temporary server: ``<root>/prefect/prefect.db`` (folder created), so the
+    run's Prefect record lives with its artifacts instead of in the ``PREFECT_HOME`` database every other
+    Prefect process of the user shares (SQLite allows one writer: another process holding it made the run's
+    server fail with ``database is locked``). ``None`` when the environment names a server or a database (the
+    server then inherits it) or the root is remote.
+
+    Raises:
+        DDFlowError: the root cannot be written (one line).
+    """
+    if os.environ.get("PREFECT_API_URL") or any(os.environ.get(k) for k in DB_KEYS):
+        return None
     local = default_root(root)
     if "://" in local:
-        return
+        return None
     folder = Path(local, "prefect")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -54,8 +59,7 @@ def prefect_env(root: str | None = None, *, own_database: bool = True) -> None:
                           "--root or set DDFLOW_ROOT") from None
     if not os.access(folder, os.W_OK):
         raise DDFlowError(f"the artifact root {local} is not writable; pass a writable --root or set DDFLOW_ROOT")
-    if "prefect" not in sys.modules:  # its settings are read once, at import (in-process callers keep theirs)
-        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{folder}/prefect.db"
+    return f"sqlite+aiosqlite:///{folder}/prefect.db"
 
 
 def start_error(detail: str = "") -> DDFlowError:
@@ -67,6 +71,16 @@ def start_error(detail: str = "") -> DDFlowError:
                        "'prefect server start' and set PREFECT_API_URL")
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: have the kernel send it SIGTERM when the command that started it
+    dies, even by ``kill -9`` (exit handlers do not run then, and the server would otherwise live on). The
+    signal follows the thread that started it: :class:`RunServer` is created in the command's main thread."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,13 +90,16 @@ def _free_port() -> int:
 class TemporaryServer:
     """A ``prefect server start`` child process on a free local port (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None = None) -> None:
         self.port = _free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        if database is not None:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
                "--no-services"]
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509 - no threads yet
         # Stopped at interpreter exit, after Prefect's own exit handlers (registered later, so run earlier) have
         # sent the run's last logs and events to it.
         atexit.register(self.stop, wait=False)
@@ -140,9 +157,10 @@ class RunServer:
     """
 
     def __init__(self, root: str | None = None) -> None:
-        prefect_env(root)
+        prefect_env()
+        database = server_database(root)
         wanted = not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules
-        self.early = TemporaryServer() if wanted else None
+        self.early = TemporaryServer(database) if wanted else None
         self._used = False
 
     @contextlib.contextmanager

@@ -246,3 +246,17 @@ def flush_prefect_logs() -> None:
 
     with contextlib.suppress(Exception):
         APILogHandler.flush()
+
+
+def prefect_servers_of(root: Path) -> list[int]:
+    """Pids of live `prefect server start` processes whose database lies under ``root``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"server" in cmd and b"start" in cmd and str(root).encode() in env:
+            pids.append(int(proc.name))
+    return pids

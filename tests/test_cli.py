@@ -71,16 +71,18 @@ def test_image_folder_via_cli(tmp_path: Path) -> None:
                                  {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////tmp/mine.db"}])
 def test_temporary_prefect_server_keeps_its_database_under_the_root(tmp_path: Path, env: dict[str, str]) -> None:
     """Without a Prefect server (PREFECT_API_URL) or an explicit database, a run's temporary Prefect server
-    uses <root>/prefect/prefect.db, not the PREFECT_HOME database other Prefect processes share."""
-    code = ("import os, sys; from flows.temp_server import prefect_env; prefect_env(sys.argv[1]); "
-            "print(os.environ.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-'))")
+    uses <root>/prefect/prefect.db, not the PREFECT_HOME database other Prefect processes share; with either,
+    it chooses none (the server inherits the environment's). The command's own environment is not changed."""
+    code = ("import os, sys; from flows.temp_server import server_database; db = server_database(sys.argv[1]); "
+            "print(db or '-', os.environ.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-'))")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root")], env={**clean, **env},
                          capture_output=True, text=True, check=True).stdout.strip()
     if not env:
-        assert out == f"sqlite+aiosqlite:///{tmp_path}/root/prefect/prefect.db" and (tmp_path / "root/prefect").is_dir()
+        assert out == f"sqlite+aiosqlite:///{tmp_path}/root/prefect/prefect.db -"
+        assert (tmp_path / "root/prefect").is_dir()
     else:
-        assert out == env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "-")
+        assert out == f"- {env.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-')}"
 
 
 def test_temporary_prefect_server_start_timeout_is_one_line(tmp_path: Path) -> None:
@@ -95,6 +97,41 @@ def test_temporary_prefect_server_start_timeout_is_one_line(tmp_path: Path) -> N
     errors = [line for line in res.stderr.splitlines() + res.stdout.splitlines() if line.startswith("error:")]
     assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
     assert len(errors) == 1 and "did not start within 1 s" in errors[0] and "PREFECT_API_URL" in errors[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is a Linux feature")
+def test_temporary_prefect_server_ends_when_its_command_is_killed(fake_fmnist: Path, tmp_path: Path) -> None:
+    """`ddflow run` killed with SIGKILL (no exit handler runs) does not leave its temporary Prefect server
+    behind: the kernel stops the server when the command dies."""
+    import signal
+    import time
+
+    from orchestration_fixtures import prefect_servers_of
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: k\nipcs: [2]\ndata: {{source: {{kind: fashion_mnist, root: {fake_fmnist}}}}}\n"
+                   "methods: {dm: {iterations: 400, width: 8, batch_real: 4}}\nrandom_baseline: false\n"
+                   "evaluation: {epochs: 1, width: 8, num_eval: 1}\ntracking: {enabled: false}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    root = tmp_path / "root"
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(cfg), "--root", str(root)], env=env,
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not prefect_servers_of(root) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert prefect_servers_of(root), "the temporary server never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while prefect_servers_of(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not prefect_servers_of(root)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_version_and_no_import_warnings(tmp_path: Path) -> None:

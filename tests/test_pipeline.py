@@ -58,20 +58,6 @@ def _summary(root: Path) -> dict:
     return json.loads((root / "runs" / "t" / "summary.json").read_text())
 
 
-def _servers_of(root: Path) -> list[int]:
-    """Pids of live `prefect server start` processes whose database lies under ``root``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            env = (proc / "environ").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if b"server" in cmd and b"start" in cmd and str(root).encode() in env:
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, tmp_path: Path,
                                                               prefect_home: Path) -> None:
     """First run computes every stage and writes the documented summary; the second computes none."""
@@ -116,10 +102,12 @@ def test_pipeline_runs_then_a_cached_rerun_executes_no_stage(fake_fmnist: Path, 
     flow_runs = sqlite3.connect(tmp_path / "root" / "prefect" / "prefect.db").execute(
         "select count(*) from flow_run").fetchone()[0]
     assert flow_runs == 3, flow_runs  # run, cached re-run, evaluate
+    from orchestration_fixtures import prefect_servers_of
+
     deadline = time.monotonic() + 20  # a server is told to stop at its command's exit and ends within seconds
-    while _servers_of(tmp_path / "root") and time.monotonic() < deadline:
+    while prefect_servers_of(tmp_path / "root") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _servers_of(tmp_path / "root")
+    assert not prefect_servers_of(tmp_path / "root")
 
 
 @pytest.mark.slow  # ~90 s; tests/test_orchestration_flow.py covers --force in 5 s (.ci/run runs it)
