@@ -62,10 +62,10 @@ def server_database(root: str | None = None) -> str | None:
     return f"sqlite+aiosqlite:///{folder}/prefect.db"
 
 
-def start_error(detail: str = "") -> DDFlowError:
-    """The one line for a temporary server that did not come up."""
+def start_error(detail: str = "", database: str | None = None) -> DDFlowError:
+    """The one line for a temporary server that did not come up (``database``: the URL it was given)."""
     limit = os.environ.get(STARTUP_ENV, "?")
-    db = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "the database in PREFECT_HOME")
+    db = database or os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "the database in PREFECT_HOME")
     return DDFlowError(f"Prefect's temporary server did not start within {limit} s{detail} (a busy machine, or its "
                        f"database {db} locked by another process); run again, raise {STARTUP_ENV}, or start "
                        "'prefect server start' and set PREFECT_API_URL")
@@ -91,7 +91,7 @@ class TemporaryServer:
     """A ``prefect server start`` child process on a free local port (see the module docstring)."""
 
     def __init__(self, database: str | None = None) -> None:
-        self.port = _free_port()
+        self.port, self.database = _free_port(), database
         env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         if database is not None:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
@@ -122,14 +122,14 @@ class TemporaryServer:
             if self.proc is None or self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc and self.proc.stderr else ""
                 last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
-                raise start_error(f" (it exited: {last[:200]})" if last else " (it exited)")
+                raise start_error(f" (it exited: {last[:200]})" if last else " (it exited)", self.database)
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise start_error()
+        raise start_error(database=self.database)
 
     def stop(self, *, wait: bool = True) -> None:
         """Terminate the server; with ``wait``, until it has exited (killed after 10 s). Safe to call twice.
