@@ -28,9 +28,8 @@ from ddcore.data import storage as fsio
 from ddcore.evaluate.metrics import accs_by_seed, paired_scores, stored_ipc
 from tasks.configs import ReportConfig
 from tasks.evaluate import read_results
-from tasks.runtime.refs import ArtifactRef
+from tasks.runtime.refs import ArtifactRef, read_record_at
 from tasks.runtime.stage import StageContext, make_stage_task
-from tasks.runtime.store import read_record_at
 
 RESULTS = "results.json"
 IOR_BASELINE = ("same storage budget (DD-Ranking): random real subset with baseline_ipc = the row's IPC of stored "

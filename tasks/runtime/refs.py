@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import ddcore
+from ddcore.data import storage as fsio
 
 ArtifactKind = Literal[
     "dataset", "synthetic", "features", "latents", "vae", "teacher", "model", "eval", "report", "other"
@@ -28,6 +30,10 @@ DATASET_KINDS = ("dataset", "synthetic")
 STAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 REF_FORMAT_VERSION = 1
 
+
+REF_FILE = "ref.json"
+"""The completion marker and lineage record in every published output folder."""
+_log = logging.getLogger("ddflow.store")
 
 class ArtifactRef(BaseModel):
     """Where a stage output lives and what it contains.
@@ -167,3 +173,20 @@ def numbered_inputs(inputs: dict[str, ArtifactRef], prefix: str, count: int, sta
         raise DataError(f"{stage} needs inputs {want[0]}..{want[-1]} ({count}), got {', '.join(names) or 'none'}; "
                         "run it through the flow, which passes them")
     return [inputs[n] for n in want]
+
+
+def read_record_at(uri: str, *, expect: tuple[str, str] | None = None) -> RefRecord | None:
+    """The ``ref.json`` of the published output in folder ``uri`` (of any store, local or remote), or ``None``
+    when absent or unreadable; with ``expect=(stage, key)``, also ``None`` when it names another output."""
+    fs, path = fsio.get_fs(uri)
+    try:
+        rec = RefRecord.from_json(fs.cat_file(fsio.join(path.rstrip("/"), REF_FILE)))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        _log.warning("unreadable %s in %s (%s); treating the output as missing", REF_FILE, uri, type(exc).__name__)
+        return None
+    if expect is not None and (rec.ref.stage, rec.ref.key) != expect:
+        _log.warning("%s in %s names %s/%s; treating the output as missing", REF_FILE, uri, rec.ref.stage, rec.ref.key)
+        return None
+    return rec

@@ -32,18 +32,19 @@ from ddcore.errors import ArtifactError
 from tasks.runtime import locks
 from tasks.runtime.refs import (
     DATASET_KINDS,
+    REF_FILE,
     STAGE_NAME_PATTERN,
     ArtifactKind,
     ArtifactRef,
     RefRecord,
     code_version,
     hostname,
+    read_record_at,
     utc_now,
 )
 
 log = logging.getLogger("ddflow.store")
 
-REF_FILE = "ref.json"
 DATASET_FILE = "dataset.json"
 KEY_SCHEME = "ddflow-stage-key/v1"
 RESERVED = ("_checkpoints", "_locks", "_prefect", "mlartifacts")
@@ -337,23 +338,6 @@ def stage_key(stage: str, config: StageConfig,
         ups = [ref.sha256 for ref in upstream]
     text = "|".join([KEY_SCHEME, stage, config.digest(), *ups, ddcore.__version__])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def read_record_at(uri: str, *, expect: tuple[str, str] | None = None) -> RefRecord | None:
-    """The ``ref.json`` of the published output in folder ``uri`` (of any store, local or remote), or ``None``
-    when absent or unreadable; with ``expect=(stage, key)``, also ``None`` when it names another output."""
-    fs, path = fsio.get_fs(uri)
-    try:
-        rec = RefRecord.from_json(fs.cat_file(fsio.join(path.rstrip("/"), REF_FILE)))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("unreadable %s in %s (%s); treating the output as missing", REF_FILE, uri, type(exc).__name__)
-        return None
-    if expect is not None and (rec.ref.stage, rec.ref.key) != expect:
-        log.warning("%s in %s names %s/%s; treating the output as missing", REF_FILE, uri, rec.ref.stage, rec.ref.key)
-        return None
-    return rec
 
 
 def check_names(stage: str, key: str | None = None) -> None:

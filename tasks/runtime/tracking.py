@@ -250,7 +250,7 @@ class Tracker:
         :meth:`end_run`."""
         if self.parent_run_id is None:
             return
-        from tasks.runtime.store import read_record_at
+        from tasks.runtime.refs import read_record_at
 
         rec = read_record_at(ref.uri)
         made = rec.tracking.get("run_id") if rec is not None and rec.tracking.get("uri") == str(self.tracking_uri) \
