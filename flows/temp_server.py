@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from flows.roots import default_root
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DB_KEYS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+_CLAIMS: list[int] = []  # descriptors of the database slots this process holds (released when it exits)
 
 
 def prefect_env() -> None:
@@ -40,8 +42,9 @@ def server_database(root: str | None = None) -> str | None:
     """The database URL of a run's temporary server: ``<root>/prefect/prefect.db`` (folder created), so the
     run's Prefect record lives with its artifacts instead of in the ``PREFECT_HOME`` database every other
     Prefect process of the user shares (SQLite allows one writer: another process holding it made the run's
-    server fail with ``database is locked``). ``None`` when the environment names a server or a database (the
-    server then inherits it) or the root is remote.
+    server fail with ``database is locked``). Runs on one root at the same time each take their own slot
+    (:func:`claim_slot`): ``prefect.db``, then ``prefect-2.db``, ... ``None`` when the environment names a
+    server or a database (the server then inherits it) or the root is remote.
 
     Raises:
         DDFlowError: the root cannot be written (one line).
@@ -59,7 +62,32 @@ def server_database(root: str | None = None) -> str | None:
                           "--root or set DDFLOW_ROOT") from None
     if not os.access(folder, os.W_OK):
         raise DDFlowError(f"the artifact root {local} is not writable; pass a writable --root or set DDFLOW_ROOT")
-    return f"sqlite+aiosqlite:///{folder}/prefect.db"
+    return f"sqlite+aiosqlite:///{claim_slot(folder)}"
+
+
+def claim_slot(folder: Path) -> Path:
+    """The first database file of ``folder`` no other live process holds, claimed for this process's life.
+
+    The claim is an exclusive ``flock`` on ``<name>.lock`` whose descriptor stays open until the process ends
+    (the kernel releases it then, also after ``kill -9``): two servers on one SQLite file fail with ``database
+    is locked``, so a run started while another works on the same root gets ``prefect-2.db``, a third
+    ``prefect-3.db``; runs one after the other all use ``prefect.db``. Where the file system has no locks,
+    ``prefect.db`` unclaimed.
+    """
+    for n in range(1, 1000):
+        path = folder / ("prefect.db" if n == 1 else f"prefect-{n}.db")
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError:  # no locking on this file system
+            os.close(fd)
+            return folder / "prefect.db"
+        _CLAIMS.append(fd)
+        return path
+    return folder / "prefect.db"
 
 
 def start_error(detail: str = "", database: str | None = None) -> DDFlowError:

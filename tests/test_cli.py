@@ -85,6 +85,26 @@ def test_temporary_prefect_server_keeps_its_database_under_the_root(tmp_path: Pa
         assert out == f"- {env.get('PREFECT_SERVER_DATABASE_CONNECTION_URL', '-')}"
 
 
+def test_runs_at_once_on_one_root_get_their_own_prefect_database(tmp_path: Path) -> None:
+    """Two temporary servers on one SQLite file fail with 'database is locked': while one process holds
+    <root>/prefect/prefect.db, another gets prefect-2.db; once the holder is killed (-9), prefect.db is free again."""
+    code = "import sys; from flows.temp_server import server_database; print(server_database(sys.argv[1]), flush=True)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    root, folder = str(tmp_path / "root"), tmp_path / "root" / "prefect"
+    holder = subprocess.Popen([sys.executable, "-c", code + "; import time; time.sleep(300)", root], env=clean,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip().endswith(f"{folder}/prefect.db")
+        def claim() -> str:
+            return subprocess.run([sys.executable, "-c", code, root], env=clean, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        assert claim() == f"sqlite+aiosqlite:///{folder}/prefect-2.db"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim() == f"sqlite+aiosqlite:///{folder}/prefect.db"
+
+
 def test_temporary_prefect_server_start_timeout_is_one_line(tmp_path: Path) -> None:
     """When Prefect's temporary server does not come up in time (here: a 1 s limit against a fresh database),
     `ddflow run` prints one error line naming the limit and the ways out, no traceback, exit code 2."""
