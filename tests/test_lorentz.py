@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from geoopt import Lorentz
@@ -192,3 +193,37 @@ def test_every_clamp_radius_default_is_the_code_constant() -> None:
     assert CODE_CLAMP_RADIUS == 10.0
     assert inspect.signature(expmap0).parameters["clamp_radius"].default == CODE_CLAMP_RADIUS
     assert HDDOptions().clamp_radius == PruneConfig().clamp_radius == CODE_CLAMP_RADIUS
+
+
+def _numpy_reference(f: np.ndarray, k: float, clamp: float | None) -> np.ndarray:
+    """Independent float64 closed form of the clamped expmap0, without geoopt:
+    ``(sqrt(k) cosh r, sqrt(k) sinh r f/|f|)``."""
+
+    n = np.linalg.norm(f, axis=1, keepdims=True)
+    r = n / np.sqrt(k) if clamp is None else np.minimum(n / np.sqrt(k), clamp)
+    return np.concatenate((np.sqrt(k) * np.cosh(r), np.sqrt(k) * np.sinh(r) * f / n), axis=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("clamp", (10.0, None))
+def test_centroid_and_distance_match_an_independent_float64_closed_form(seed, k, clamp):
+    """expmap0, the Lorentz centroid and the geodesic distance agree with a NumPy float64 computation from the
+    formulas of docs/methods.md §3.1 (points, centroid = sqrt(k) a / sqrt(|<a,a>_L|) of the ambient mean a,
+    distance = sqrt(k) arccosh(-<x,y>_L / k)), for norms on both sides of the clamp."""
+    fr, fs = features(seed, 40, 16, 0.5, 14.0), features(seed + 11, 6, 16, 0.5, 14.0)
+    xr, xs = (_numpy_reference(f.numpy(), k, clamp) for f in (fr, fs))
+    assert np.allclose(expmap0(lift(fr), k=k, clamp_radius=clamp).numpy(), xr, rtol=1e-10, atol=1e-10)
+
+    def inner(u, v):
+        return -u[..., 0] * v[..., 0] + (u[..., 1:] * v[..., 1:]).sum(-1)
+
+    def cent(x):
+        a = x.mean(axis=0)
+        return np.sqrt(k) * a / np.sqrt(abs(inner(a, a)))
+
+    cr, cs = cent(xr), cent(xs)
+    assert np.allclose(centroid(torch.from_numpy(xr), k=k).numpy(), cr, rtol=1e-10)
+    expected = np.sqrt(k) * np.arccosh(-inner(cr, cs) / k)
+    got = float(dist(torch.from_numpy(cr), torch.from_numpy(cs), k=k))
+    assert got == pytest.approx(float(expected), rel=1e-7, abs=1e-9)

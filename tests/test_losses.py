@@ -144,6 +144,24 @@ def test_hdd_batched_equals_sum_of_per_class(seed, clamp):
     )
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("k", "clamp", "norm"), ((1.0, 10.0, 30.0), (1.0, 10.0, 3.0), (2.4, None, 2.0),
+                                                  (0.5, 10.0, 9.0)))
+def test_hdd_loss_gradient_matches_finite_differences(seed, k, clamp, norm):
+    """The autograd gradient of the HDD loss w.r.t. the synthetic features equals central finite differences
+    in float64, with the clamp active (norm 30 > 10), inactive (norm 3), absent, and half the points on each
+    side of the cap (norms spread around 9 for k = 0.5, cap 7.07)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def points(n: int) -> torch.Tensor:
+        f = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        return f / f.norm(dim=1, keepdim=True) * norm * (0.7 + 0.6 * torch.rand(n, 1, generator=g, dtype=torch.float64))
+
+    real, syn = points(24), points(5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s: hdd_loss(real, s, k=k, scale=3.0, clamp_radius=clamp), (syn,),
+                                    eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------- NCFD
 
 

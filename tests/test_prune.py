@@ -157,3 +157,29 @@ def test_bad_arguments_are_rejected():
         prune_by_class(feats, labels, fraction=0.2, order="nearest", **kw)
     with pytest.raises(ValueError, match="keys"):
         prune_by_class(feats, labels, fraction=0.2, keys=keys[:-1], **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("order", ("closest", "farthest", "stratified"))
+@pytest.mark.parametrize(("reference", "clamp"), (("centroid", 10.0), ("centroid", None), ("origin", None)))
+def test_kept_rows_do_not_depend_on_the_order_of_the_batch(seed, order, reference, clamp):
+    """Shuffling the rows before scoring keeps the same samples (compared by key) under every rule."""
+    feats, labels, keys = dataset(seed)
+    kw = dict(fraction=0.3, k=1.0, clamp_radius=clamp, reference=reference, order=order)
+    base = prune_by_class(feats, labels, keys=keys, **kw)
+    perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed + 100))
+    shuffled = prune_by_class(feats[perm], labels[perm], keys=[keys[i] for i in perm.tolist()], **kw)
+    assert sorted(shuffled.kept_keys) == sorted(base.kept_keys)
+
+
+@pytest.mark.parametrize(("n", "m"), ((10, 2), (25, 5), (7, 3), (101, 20), (5, 5), (1, 1)))
+def test_stratified_rule_takes_one_sample_from_each_equal_count_bin(n, m):
+    """'stratified' keeps the middle rank of each of m equal-count bins of the sorted scores: exactly one kept
+    rank lies in every bin [i n/m, (i+1) n/m), so the kept set spans the class's range of distances."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    scores = torch.linspace(0.0, 1.0, n, dtype=torch.float64)[perm]
+    (kept,) = select_keep([scores], fraction=m / n, order="stratified")
+    ranks = torch.argsort(torch.argsort(scores))[kept]
+    assert kept.numel() == m
+    for i in range(m):
+        assert int(((ranks * m >= i * n) & (ranks * m < (i + 1) * n)).sum()) == 1

@@ -5,7 +5,9 @@ The HDD paper claims that keeping 20 % of the core set in hyperbolic space retai
 argument: embed each class's real images (the caller runs a seeded ConvNet), map them to the
 hyperboloid exactly as the HDD loss does (lift, clamped ``expmap0``), score every sample by its
 geodesic distance to the class's Lorentz centroid (``reference="centroid"``) or to the origin
-(``reference="origin"``), and keep the ``round(fraction * n)`` closest (or farthest) per class.
+(``reference="origin"``), and keep ``round(fraction * n)`` per class: the closest, the farthest, or a
+``stratified`` pick that spans the class's range of distances (one sample from each of equal-count
+distance bins).
 
 Caveat (§3.3): with the code-faithful clamp (``clamp_radius=10``) and random-ConvNet features, whose
 norms exceed ``10 * sqrt(k)``, every point sits at the same radius, so ``reference="origin"`` scores
@@ -28,7 +30,7 @@ import torch
 from ddcore.geometry.lorentz import centroid, dist, expmap0, lift
 
 Reference = Literal["centroid", "origin"]
-Order = Literal["closest", "farthest"]
+Order = Literal["closest", "farthest", "stratified"]
 
 
 @dataclass(frozen=True)
@@ -90,29 +92,43 @@ def keep_count(n: int, fraction: float) -> int:
     return min(n, max(1, math.floor(fraction * n + 0.5)))
 
 
+def stratified_positions(n: int, m: int) -> torch.Tensor:
+    """Ranks picked by the ``stratified`` rule: the middle rank of each of ``m`` equal-count bins of ``n`` ranks,
+    ``floor((i + 1/2) * n / m)`` for ``i < m`` (int64 ``[m]``, ascending; every rank when ``m == n``)."""
+    if not 0 <= m <= n:
+        raise ValueError(f"need 0 <= m <= n, got m={m}, n={n}")
+    return torch.div((2 * torch.arange(m, dtype=torch.int64) + 1) * n, 2 * m, rounding_mode="floor") if m else \
+        torch.zeros(0, dtype=torch.int64)
+
+
 def select_keep(
     scores_by_class: Sequence[torch.Tensor],
     *,
     fraction: float = 0.2,
     order: Order = "closest",
 ) -> list[torch.Tensor]:
-    """Per class, the positions of the :func:`keep_count` best-ranked samples.
+    """Per class, the positions of the :func:`keep_count` samples the rule ``order`` keeps.
 
     Args:
         scores_by_class: one ``[n_c]`` score tensor per class.
         fraction: share kept per class (the paper's 20 % by default).
-        order: ``"closest"`` keeps the smallest distances, ``"farthest"`` the largest. Ties keep the
-            earlier position (stable sort).
+        order: ``"closest"`` keeps the smallest distances, ``"farthest"`` the largest, ``"stratified"`` one
+            sample per equal-count bin of the sorted distances (:func:`stratified_positions`), so the kept set
+            spans the class from its most typical to its most atypical samples. Ties keep the earlier
+            position (stable sort).
     Returns:
-        one int64 tensor per class of positions within that class, in rank order (best first).
+        one int64 tensor per class of positions within that class, in rank order (closest first, farthest
+        first for ``"farthest"``).
     """
-    if order not in ("closest", "farthest"):
-        raise ValueError(f"order must be 'closest' or 'farthest', got {order!r}")
+    if order not in ("closest", "farthest", "stratified"):
+        raise ValueError(f"order must be 'closest', 'farthest' or 'stratified', got {order!r}")
     kept = []
     for scores in scores_by_class:
         n = int(scores.numel())
         ranked = torch.sort(scores.detach().flatten(), descending=order == "farthest", stable=True).indices
-        kept.append(ranked[: keep_count(n, fraction)].to(torch.int64))
+        m = keep_count(n, fraction)
+        picked = ranked[stratified_positions(n, m).to(ranked.device)] if order == "stratified" else ranked[:m]
+        kept.append(picked.to(torch.int64))
     return kept
 
 
