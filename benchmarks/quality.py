@@ -86,8 +86,6 @@ def make_set(method: str, sampler: ArtifactSampler, ipc: int, budget: dict, devi
     if method in ("dm", "hdd", "ncfm"):
         kw: dict = dict(method=method, ipc=ipc, iterations=budget["iterations"][method], width=w,
                         batch_real=budget["batch_real"], checkpoint_every=0, log_every=50)
-        if method == "hdd":
-            kw["lr_img"] = 0.1 if w < 128 else 1.0
         if method == "ncfm":
             kw.update(lr_img=0.01, init="real", ncfm={"num_freqs": budget["num_freqs"], "factor": 1})
         return distill(sampler, DistillConfig(**kw), device=device)

@@ -1,8 +1,8 @@
 """Hyperbolic pruning applied to data: a real core set before distillation, a synthetic set after.
 
 Both uses call the one scorer in :mod:`ddcore.prune.hyperbolic` on embeddings from a seeded ConvNet
-(``PruneConfig.network``); the ranking rule (keep the samples closest to the class's Lorentz centroid,
-or to the origin) is our reading of the HDD paper, which released no pruning code.
+(``PruneConfig.network``); the ranking rule (distance to the class's Lorentz centroid, or to the origin; keep
+a stratified spread, the closest or the farthest) is our reading of the HDD paper, which released no pruning code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class PruneConfig(StageConfig, NamesNetwork):
     Attributes:
         fraction: share of each class kept.
         reference: rank by geodesic distance to the class's Lorentz ``centroid`` or to the ``origin``.
-        order: keep the ``closest`` (smallest distances) or the ``farthest``.
+        order: ``stratified`` (one per equal-count distance bin, spanning the class's range; the default, chosen
+            by the validation study in docs/results.md), the ``closest`` (smallest distances) or the ``farthest``.
         k: curvature parameter of the Lorentz model (K = -1/k).
         clamp_radius: ``expmap0`` radius clamp (10: the HDD code's); ``None``: unclamped.
         network, width, depth: the seeded random ConvNet whose features are ranked.
@@ -42,7 +43,7 @@ class PruneConfig(StageConfig, NamesNetwork):
 
     fraction: float = Field(0.2, gt=0, le=1)
     reference: Literal["centroid", "origin"] = "centroid"
-    order: Literal["closest", "farthest"] = "closest"
+    order: Literal["closest", "farthest", "stratified"] = "stratified"
     k: float = Field(1.0, gt=0)
     clamp_radius: float | None = Field(CODE_CLAMP_RADIUS, gt=0)
     network: str = "convnet"
