@@ -78,7 +78,7 @@ def phase_points(phase: str) -> list[dict]:
                                 "core": {"fraction": frac, "order": order}})
         return pts
     if phase == "post":
-        return [{"name": f"{m}-post-{order}", **({"method": "dm"} if m == "dm" else _hdd("", **HDD_CHOICE)),
+        return [{**({"method": "dm"} if m == "dm" else _hdd("", **HDD_CHOICE)), "name": f"{m}-post-{order}",
                  "post": {"factor": 5, "order": order}} for m in ("dm", "hdd") for order in ("closest", "stratified")]
     raise SystemExit(f"unknown phase {phase!r}: hdd, prune or post")
 
