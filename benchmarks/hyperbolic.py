@@ -118,9 +118,8 @@ def split_fit_val(full: ArtifactSampler, val_fraction: float, seed: int = 0) -> 
 _LARGE: dict[str, object] = {}
 
 
-def make_set(pt: dict, art, fit: list, ipc: int, device: str):
-    """The synthetic set of one point, distilled from the fit part (or its core set)."""
-    sampler = ArtifactSampler(art, "train", keep=fit, cache=True)
+def make_set(pt: dict, art, fit: list, sampler: ArtifactSampler, ipc: int, device: str):
+    """The synthetic set of one point, distilled from the fit part (``sampler``: its cached sampler) or its core set."""
     w = BUDGET["width"]
     if pt["method"] in ("random", "herding"):
         return select_baseline(sampler, BaselineConfig(method=pt["method"], ipc=ipc, width=w, seed=0), device=device)
@@ -219,7 +218,7 @@ def main() -> None:
         rows, dm_by_seed = [], None
         for pt in points:
             t0 = time.perf_counter()
-            sset = make_set(pt, art, fit, args.ipc, args.device)
+            sset = make_set(pt, art, fit, fit_sampler, args.ipc, args.device)
             seconds = time.perf_counter() - t0
             res = evaluate_set(sset, vx, vy, config=ecfg, device=args.device)
             mine = by_seed(res.seeds, res.accs, pt["name"])
