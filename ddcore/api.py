@@ -21,7 +21,7 @@ from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.data.artifact import DatasetArtifact, open_artifact
 from ddcore.data.export import FORMATS, ExportResult, export_artifact
-from ddcore.data.ingest import IngestConfig, ingest
+from ddcore.data.ingestion import IngestConfig, ingest
 from ddcore.data.loader import ArtifactSampler
 from ddcore.data.meta import METADATA
 from ddcore.data.sources.idx import FILES

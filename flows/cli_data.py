@@ -30,7 +30,12 @@ def ingest(
     resize: Annotated[str | None, typer.Option(help="Resize image-folder images to HxW, e.g. 32x32.")] = None,
     channels: Annotated[int | None, typer.Option(help="Force 1 or 3 channels (image folders).")] = None,
     test_url: Annotated[str | None, typer.Option(help="Shard URL of the test split (webdataset sources).")] = None,
+    layout: Annotated[str, typer.Option(help="Shard sources: 'reencode' (ddflow's PNG shards), 'in_place' (index "
+                                        "the shards where they are: no copy, no re-encode) or 'copy' (index and "
+                                        "copy them byte for byte).")] = "reencode",
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 5000,
+    workers: Annotated[int, typer.Option(help="Processes reading at once (shards indexed in place, image "
+                                         "folders); the artifact is the same for any count.")] = 1,
     max_per_class: Annotated[int | None, typer.Option(help="Keep at most N samples per class and split.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
     allow_16bit: Annotated[bool, typer.Option("--allow-16bit", help="Convert image-folder images of more than 8 bits "
@@ -39,14 +44,15 @@ def ingest(
 ) -> None:
     """Turn a source into a canonical dataset artifact (WebDataset shards + manifest)."""
     try:
-        from ddcore.data.ingest import IngestConfig
-        from ddcore.data.ingest import ingest as run_ingest
+        from ddcore.data.ingestion import IngestConfig
+        from ddcore.data.ingestion import ingest as run_ingest
         from flows.source_args import source_from_argument
 
         spec = source_from_argument(source, name=name, test_fraction=test_fraction, split_seed=split_seed,
-                                    resize=resize, channels=channels, test_url=test_url, allow_16bit=allow_16bit)
-        cfg = IngestConfig.from_mapping({"source": spec, "shard_size": shard_size, "max_per_class": max_per_class},
-                                        where="ingest")
+                                    resize=resize, channels=channels, test_url=test_url, allow_16bit=allow_16bit,
+                                    layout=layout)
+        cfg = IngestConfig.from_mapping({"source": spec, "shard_size": shard_size, "max_per_class": max_per_class,
+                                         "workers": workers}, where="ingest")
         with _progress() as bar:
             task = bar.add_task("ingest", total=None)
             meta = run_ingest(cfg, out, overwrite=overwrite,
@@ -69,7 +75,8 @@ def _print_info(uri: str | Path, meta: object) -> None:
     table.add_row("[bold]total", *[f"[bold]{meta.counts[s]['total']}" for s in meta.splits])
     console.print(table)
     c, h, w = meta.image_shape
-    console.print(f"image shape: {c}x{h}x{w}   storage: {meta.storage}   shards: {len(meta.shards)}")
+    where = f" (indexed in place at {meta.shard_root})" if meta.in_place else ""
+    console.print(f"image shape: {c}x{h}x{w}   storage: {meta.storage}   shards: {len(meta.shards)}{where}")
     console.print(f"mean: {meta.mean}   std: {meta.std}")
     console.print(f"source: {json.dumps(meta.source, sort_keys=True)}")
     if meta.extra.get("synthetic"):

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, model_validator
 
 from ddcore.config import StageConfig
-from ddcore.data.ingest import IngestConfig
+from ddcore.data.ingestion import IngestConfig
 from ddcore.errors import ConfigError
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.teacher import TeacherConfig

@@ -11,14 +11,15 @@ from ddcore.errors import DataError
 
 def source_from_argument(source: str, *, name: str | None, test_fraction: float, split_seed: int,
                          resize: str | None, channels: int | None, test_url: str | None,
-                         allow_16bit: bool = False) -> dict[str, Any]:
+                         allow_16bit: bool = False, layout: str = "reencode") -> dict[str, Any]:
     """Guess the source kind from SOURCE and return the mapping for ``IngestConfig.source``.
 
     * ``fashion-mnist`` (or ``fashion_mnist``): the IDX files from their default locations;
     * a folder with the Fashion-MNIST IDX files, CIFAR python batches, or class sub-folders;
     * a ``.npz`` file; a ``.pt`` file or a folder with ``dataset.pt`` (``ddflow export --format pt``);
     * a Hugging Face ``save_to_disk`` folder (``dataset_dict.json`` or ``state.json``; ``ddflow export --format hf``);
-    * a WebDataset URL or brace pattern ending in ``.tar`` (``pipe:...`` and fsspec URLs too).
+    * a WebDataset URL or brace pattern ending in ``.tar`` (``pipe:...`` and fsspec URLs too); ``layout`` says
+      whether its shards are re-encoded, indexed in place or copied (only shard sources take one).
     """
     spec: dict[str, Any]
     if source.lower() in ("fashion-mnist", "fashion_mnist", "fmnist"):
@@ -27,7 +28,7 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
         urls = {"train": source}
         if test_url:
             urls["test"] = test_url
-        spec = {"kind": "webdataset", "urls": urls}
+        spec = {"kind": "webdataset", "urls": urls, "layout": layout}
     elif source.endswith(".npz"):
         spec = {"kind": "npz", "path": source, "test_fraction": test_fraction, "split_seed": split_seed}
     else:
@@ -60,6 +61,9 @@ def source_from_argument(source: str, *, name: str | None, test_fraction: float,
         else:
             raise DataError(f"cannot tell what kind of source {source} is; pass a folder, a .npz file, a .tar shard "
                             "URL or 'fashion-mnist' (or set data.source.kind in a run config)")
+    if layout != "reencode" and spec["kind"] != "webdataset":
+        raise DataError(f"--layout {layout} indexes WebDataset shards, but {source} is a {spec['kind']} source; "
+                        "drop --layout, or pass a shard URL or brace pattern ending in .tar")
     if name:
         spec["name"] = name
     return spec

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ddcore.data.ingest import IngestConfig, ingest
+from ddcore.data.ingestion import IngestConfig, ingest
 from ddcore.data.sources.artifact import ArtifactSpec, reuse_artifact, source_location
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, make_stage_task

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ddcore.data import open_artifact
-from ddcore.data.ingest import IngestConfig
+from ddcore.data.ingestion import IngestConfig
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import ConfigError, DDFlowError, WeightsError
 from ddcore.latent.ddoq import DDOQConfig

@@ -14,7 +14,7 @@ import torch
 from conftest import class_images, write_idx
 from orchestration_fixtures import REPO  # noqa: F401 - sets PREFECT_HOME before tasks.* import prefect
 
-from ddcore.data.ingest import IngestConfig
+from ddcore.data.ingestion import IngestConfig
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.threads import torch_threads
 from tasks.distill import distill_stage

@@ -12,7 +12,7 @@ import torch
 
 from ddcore.config import StageConfig
 from ddcore.data import open_artifact
-from ddcore.data.ingest import IngestConfig, ingest
+from ddcore.data.ingestion import IngestConfig, ingest
 from ddcore.data.synthetic_io import load_synthetic
 from ddcore.distill.config import BaselineConfig, DistillConfig
 from ddcore.errors import ConfigError

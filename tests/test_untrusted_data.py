@@ -25,8 +25,9 @@ from typer.testing import CliRunner
 
 from ddcore.checkpoint import load_state
 from ddcore.data import codec
+from ddcore.data.meta import KEY_RE
 from ddcore.data.sources.arrays import restricted_load
-from ddcore.data.writer import KEY_RE, ArtifactWriter
+from ddcore.data.writer import ArtifactWriter
 from ddcore.distill.pool import FeaturePool
 from ddcore.errors import ArtifactError, ConfigError, DataError
 from flows.cli import app

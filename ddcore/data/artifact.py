@@ -30,6 +30,8 @@ class DatasetArtifact:
 
     def __init__(self, uri: str, fs: Any, path: str, meta: DatasetMeta, manifest: Any) -> None:
         self.uri, self.fs, self.path, self.meta = uri, fs, path, meta
+        # where the shards are: this folder, or the user's shards an in-place artifact indexes
+        self.shard_fs, self.shard_path = fsio.get_fs(meta.shard_root) if meta.in_place else (fs, path)
         cols = manifest.to_pydict()
         self.keys: list[str] = cols["key"]
         self.splits = np.asarray(cols["split"], dtype=object)
@@ -90,17 +92,18 @@ class DatasetArtifact:
         return art
 
     def _check_shards(self, *, full: bool) -> None:
+        fs = self.shard_fs
+        fix = (f"restore the shards at {self.meta.shard_root} or index them again ('ddflow ingest ... --overwrite')"
+               if self.meta.in_place else "delete it and rebuild")
         for name, info in self.meta.shards.items():
-            p = fsio.join(self.path, name)
-            if not self.fs.exists(p):
-                raise ArtifactError(f"artifact at {self.uri} is missing shard {name}; delete it and rebuild")
-            if int(self.fs.size(p)) != int(info["bytes"]):
-                raise ArtifactError(
-                    f"artifact at {self.uri}: shard {name} is truncated or altered "
-                    f"({self.fs.size(p)} bytes, expected {info['bytes']}); delete it and rebuild"
-                )
-            if full and fsio.sha256_file(self.fs, p) != info["sha256"]:
-                raise ArtifactError(f"artifact at {self.uri}: shard {name} sha256 mismatch; delete it and rebuild")
+            p = fsio.join(self.shard_path, name)
+            if not fs.exists(p):
+                raise ArtifactError(f"artifact at {self.uri} is missing shard {name}; {fix}")
+            if int(fs.size(p)) != int(info["bytes"]):
+                raise ArtifactError(f"artifact at {self.uri}: shard {name} is truncated or altered ({fs.size(p)} "
+                                    f"bytes, expected {info['bytes']}); {fix}")
+            if full and fsio.sha256_file(fs, p) != info["sha256"]:
+                raise ArtifactError(f"artifact at {self.uri}: shard {name} sha256 mismatch; {fix}")
 
     # -- indexing --------------------------------------------------------------------------
     @property
@@ -121,8 +124,8 @@ class DatasetArtifact:
 
     def shard_urls(self, split: str) -> list[str]:
         """URIs of the shards holding ``split``, in order."""
-        names = sorted(n for n in self.meta.shards if n.startswith(f"{split}-"))
-        base = str(self.uri).rstrip("/")
+        names = sorted(set(self.shards[self.rows(split)].tolist()))
+        base = (self.meta.shard_root or str(self.uri)).rstrip("/")
         return [f"{base}/{n}" for n in names]
 
     # -- reading ---------------------------------------------------------------------------
@@ -130,7 +133,7 @@ class DatasetArtifact:
         """Payload bytes of the primary field of ``rows``, checked against their sha256."""
         rows = np.asarray(rows, dtype=np.int64)
         counts = {name: int(info.get("count", 1)) for name, info in self.meta.shards.items()}
-        out = fsio.read_checked_ranges(self.fs, self.path, rows, shards=self.shards, offsets=self.offsets,
+        out = fsio.read_checked_ranges(self.shard_fs, self.shard_path, rows, shards=self.shards, offsets=self.offsets,
                                        sizes=self.sizes, sha256=self.sha, shard_counts=counts)
         for data, r in zip(out, rows, strict=True):
             if data is None:
@@ -140,7 +143,8 @@ class DatasetArtifact:
         return out  # type: ignore[return-value]
 
     def read_arrays(self, rows: np.ndarray) -> np.ndarray:
-        """Images of ``rows``: uint8 ``[n, H, W, C]`` (png storage) or float32 ``[n, C, H, W]`` (npy)."""
+        """Images of ``rows``: uint8 ``[n, H, W, C]`` (png or other encoded images) or float32 ``[n, C, H, W]``
+        (npy)."""
         c, h, w = self.meta.image_shape
         payloads = self.read_raw(rows)
         if self.meta.storage == "npy":
@@ -170,7 +174,7 @@ class DatasetArtifact:
         rows = self.rows(split)
         found: dict[str, np.ndarray] = {}
         for shard in sorted({self.shards[r] for r in rows}):
-            with self.fs.open(fsio.join(self.path, shard), "rb") as f, tarfile.open(fileobj=f) as tar:
+            with self.shard_fs.open(fsio.join(self.shard_path, shard), "rb") as f, tarfile.open(fileobj=f) as tar:
                 for m in tar:
                     if m.name.endswith(".soft.npy"):
                         found[m.name[: -len(".soft.npy")]] = tar.extractfile(m).read()  # type: ignore[union-attr]

@@ -1,8 +1,9 @@
 """Encoding and decoding of sample fields, with explicit, non-pickling decoders.
 
 Only these fields exist in a ddflow shard: ``png`` (uint8 image), ``npy`` / ``soft.npy`` (float32
-arrays, ``allow_pickle=False``), ``cls`` (ASCII integer) and ``json`` (UTF-8 JSON). Any other member
-in a shard is refused, so a shard carrying ``.pyd`` / ``.pickle`` members is never decoded.
+arrays, ``allow_pickle=False``), ``cls`` (ASCII integer) and ``json`` (UTF-8 JSON); the user's shards indexed in
+place add encoded images (``jpg``, ``webp``...), decoded by PIL like ``png``. Any other member in a shard is
+refused, so a shard carrying ``.pyd`` / ``.pickle`` members is never decoded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,14 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 ALLOWED_FIELDS = frozenset({"png", "npy", "soft.npy", "cls", "json"})
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
+"""Encoded-image fields read from WebDataset shards, in order of preference when a sample has several."""
+ENCODED_IMAGES = frozenset(IMAGE_FIELDS) - {"png"}
+LABEL_FIELDS = ("cls", "label")
+"""Fields a WebDataset sample may carry its integer class in."""
+SAFE_EXTRA = frozenset({"json", "txt", *LABEL_FIELDS, *IMAGE_FIELDS})
+"""Every member field read from the user's shards; any other (``pyd``, ``pickle``, ``pth``...) is refused."""
+"""Image fields of shards indexed in place (``layout: in_place``), decoded like ``png``."""
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -82,6 +92,36 @@ def decode_image(data: bytes, *, channels: int | None = None) -> tuple[np.ndarra
     return (arr[:, :, None] if arr.ndim == 2 else arr), source_mode
 
 
+def check_member_key(key: str, member: str, where: str) -> None:
+    """Refuse a shard sample key that is an absolute path or has a '..' component (``../x.png``, ``/abs.png``):
+    nothing is extracted, but such names only come from a crafted or broken tar. ``member`` names it in the error.
+
+    Raises:
+        DataError: one line naming the member, the shard ``where`` and the fix.
+    """
+    if key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
+        raise DataError(f"refused shard member {member!r} in {where}: member names must be relative paths without "
+                        "'..' (path traversal); re-create the shard with plain member names")
+
+
+def parse_label(fields: Mapping[str, bytes], who: str) -> int:
+    """The integer class of a shard sample from its first label field (:data:`LABEL_FIELDS`); ``who`` names the
+    sample in errors (``sample 'k0009'``).
+
+    Raises:
+        DataError: no label field, or one that is not an integer.
+    """
+    for f in LABEL_FIELDS:
+        if f in fields:
+            try:
+                return int(bytes(fields[f]).decode().strip())
+            except ValueError:
+                text = bytes(fields[f])[:40].decode(errors="replace")
+                raise DataError(f"{who}: label {text!r} is not an integer; store the class index as decimal digits "
+                                "(e.g. 3)") from None
+    raise DataError(f"{who} has no 'cls' label member; add <key>.cls with the class index")
+
+
 def encode_npy(array: np.ndarray) -> bytes:
     """Serialise an array as .npy bytes without pickle."""
     buf = io.BytesIO()
@@ -112,12 +152,12 @@ def decode_sample(raw: dict[str, Any], *, channels: int | None = None) -> dict[s
         if name.startswith("__"):
             out[name] = value
             continue
-        if name not in ALLOWED_FIELDS:
+        if name not in ALLOWED_FIELDS and name not in ENCODED_IMAGES:
             raise DataError(
                 f"refused shard member '{raw.get('__key__', '?')}.{name}': only "
                 f"{sorted(ALLOWED_FIELDS)} are allowed (pickle-like members are never decoded)"
             )
-        if name == "png":
+        if name == "png" or name in ENCODED_IMAGES:
             out[name] = decode_png(value, channels=channels)
         elif name.endswith("npy"):
             out[name] = decode_npy(value)

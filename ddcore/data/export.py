@@ -41,7 +41,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ddcore.data import codec
 from ddcore.data import storage as fsio
 from ddcore.data.artifact import DatasetArtifact
-from ddcore.data.writer import disk_errors
+from ddcore.data.storage import disk_errors
 from ddcore.errors import ConfigError, ExportError
 
 FORMATS = ("png", "imagefolder", "pt", "hf")

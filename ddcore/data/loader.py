@@ -18,22 +18,29 @@ import torch
 import webdataset as wds
 
 from ddcore.data.artifact import DatasetArtifact, normalize_uint8
-from ddcore.data.codec import decode_sample
+from ddcore.data.codec import IMAGE_FIELDS, decode_sample
 from ddcore.data.sources.shards import check_url_allowed
 
-#: Cache a class decoded in memory when the split has at most this many pixels (~1.5 GB as float32).
-CACHE_MAX_PIXELS = 400_000_000
+CACHE_MB = 1536.0
+"""Default memory budget (MB of float32 pixels) of an :class:`ArtifactSampler`'s decoded-class cache."""
 
 
 class ArtifactSampler:
     """Per-class random access to one split of an artifact, as normalised float32 tensors.
 
+    Decoded classes are cached in memory within a budget: classes are kept as they are first drawn from until
+    the next one would exceed ``cache_mb``; later classes are read by byte offset on each draw (only the drawn
+    images are decoded). Filling without eviction suits distillation, which visits every class every
+    iteration: an evicting cache smaller than the split would decode every class in full each time. Cached or
+    not, a draw returns the same pixels.
+
     Args:
         artifact: an opened :class:`DatasetArtifact`.
         split: which split to draw from.
-        cache: keep decoded classes in memory (``None`` = decide by size).
+        cache: ``None`` (default): the budget decides; ``True``: cache every class; ``False``: cache none.
         keep: optional per-class positions to restrict to (e.g. a pruned core set):
             ``keep[c]`` indexes into the class's rows.
+        cache_mb: the budget, in MB of decoded float32 images.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class ArtifactSampler:
         *,
         cache: bool | None = None,
         keep: list[np.ndarray] | None = None,
+        cache_mb: float = CACHE_MB,
     ) -> None:
         self.artifact = artifact
         meta = artifact.meta
@@ -52,9 +60,11 @@ class ArtifactSampler:
         self._rows = artifact.class_rows(split)
         if keep is not None:
             self._rows = [r[np.asarray(k, dtype=np.int64)] for r, k in zip(self._rows, keep, strict=True)]
-        n_pix = sum(len(r) for r in self._rows) * int(np.prod(self.image_shape))
-        self.cache = n_pix <= CACHE_MAX_PIXELS if cache is None else cache
+        self._budget = float("inf") if cache is True else 0.0 if cache is False else cache_mb * 2**20
+        self._image_bytes = 4 * int(np.prod(self.image_shape))
+        self.cache = sum(len(r) for r in self._rows) * self._image_bytes <= self._budget  # the whole split fits
         self._cached: dict[int, torch.Tensor] = {}
+        self.cached_bytes = 0
 
     def class_size(self, c: int) -> int:
         return int(len(self._rows[c]))
@@ -62,14 +72,21 @@ class ArtifactSampler:
     def class_keys(self, c: int) -> list[str]:
         return [self.artifact.keys[r] for r in self._rows[c]]
 
-    def _class_tensor(self, c: int) -> torch.Tensor:
-        if c not in self._cached:
-            self._cached[c] = self.artifact.read_tensor(self._rows[c])
+    def _cached_class(self, c: int) -> torch.Tensor | None:
+        """Class ``c`` decoded, from the cache or read into it while the budget allows; else ``None``."""
+        if c in self._cached:
+            return self._cached[c]
+        need = len(self._rows[c]) * self._image_bytes
+        if self.cached_bytes + need > self._budget:
+            return None
+        self._cached[c] = self.artifact.read_tensor(self._rows[c])
+        self.cached_bytes += need
         return self._cached[c]
 
     def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
-        if self.cache:
-            return self._class_tensor(c)[idx]
+        whole = self._cached_class(c)
+        if whole is not None:
+            return whole[idx]
         return self.artifact.read_tensor(self._rows[c][idx.cpu().numpy()])
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -84,11 +101,27 @@ def _to_pair(meta: Any) -> Any:
     def convert(sample: dict[str, Any]) -> tuple[torch.Tensor, int, str]:
         if storage == "npy":
             x = torch.from_numpy(sample["npy"])
-        else:
-            x = normalize_uint8(sample["png"][None], mean, std)[0]
+        else:  # png, or the encoded field of kept JPEGs / shards indexed in place
+            image = sample[storage] if storage in sample else next(sample[f] for f in IMAGE_FIELDS if f in sample)
+            x = normalize_uint8(image[None], mean, std)[0]
         return x, sample["cls"], sample["__key__"]
 
     return convert
+
+
+def _decoder(meta: Any) -> Any:
+    """The sample decoder of a split's stream: every member of ddflow's own shards (an unknown member is refused);
+    of shards indexed in place only the image and the label (their other members were checked when indexed)."""
+    channels = meta.image_shape[0]
+    if not meta.in_place:
+        return lambda s: decode_sample(s, channels=channels)
+    image = meta.storage
+
+    def decode(s: dict[str, Any]) -> dict[str, Any]:
+        label = s.get("cls", s.get("label"))
+        return decode_sample({"__key__": s["__key__"], image: s[image], "cls": label}, channels=channels)
+
+    return decode
 
 
 def stream(
@@ -115,8 +148,7 @@ def stream(
         nodesplitter=wds.single_node_only,
         empty_check=False,
     )
-    channels = artifact.meta.image_shape[0]
-    ds = ds.map(lambda s: decode_sample(s, channels=channels))
+    ds = ds.map(_decoder(artifact.meta))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
     ds = ds.map(_to_pair(artifact.meta)).batched(batch_size, collation_fn=_collate, partial=True)

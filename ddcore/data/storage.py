@@ -9,9 +9,11 @@ complete-looking artifact that is not.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -150,6 +152,18 @@ def read_checked_ranges(fs: fsspec.AbstractFileSystem, base: str, rows: Any, *, 
         if data is not None and hashlib.sha256(data).hexdigest() != sha256[r]:
             out[i] = None
     return out
+
+
+@contextlib.contextmanager
+def disk_errors(where: str) -> Iterator[None]:
+    """Turn "no space left on device" (or "quota exceeded") while writing ``where`` into one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ArtifactError(f"no space left on device while writing {where}; free space there or choose "
+                            "another --out / --root") from exc
 
 
 def check_output_file(path: str | Path, option: str = "--out") -> Path:

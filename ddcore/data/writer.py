@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import re
 import tarfile
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
 from ddcore.data import codec
 from ddcore.data import storage as fsio
-from ddcore.data.meta import MANIFEST, METADATA, DatasetMeta, channel_stats, manifest_digest
+from ddcore.data.meta import (
+    KEY_RE,
+    MANIFEST,
+    METADATA,
+    DatasetMeta,
+    channel_stats,
+    check_all_classes,
+    manifest_digest,
+    manifest_table,
+    split_counts,
+)
+from ddcore.data.storage import disk_errors
 from ddcore.errors import ArtifactError, DataError
 
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 BLOCK = 512
 DEFAULT_SHARD_SIZE = 5000
-
-
-@contextmanager
-def disk_errors(where: str) -> Iterator[None]:
-    """Turn "no space left on device" (or "quota exceeded") while writing ``where`` into one clear line."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise ArtifactError(f"no space left on device while writing {where}; free space there or choose "
-                            "another --out / --root") from exc
 
 
 def check_key(key: str) -> str:
@@ -110,6 +105,7 @@ class ArtifactWriter:
         self._npix = 0
         self._stats_split: str | None = None
         self._offsets: dict[tuple[str, str], tuple[int, int]] = {}
+        self._fields: set[str] = set()  # image fields written (png, and jpg where JPEG bytes were kept)
         self._done = False
 
     # -- context manager -------------------------------------------------------------------
@@ -140,6 +136,7 @@ class ArtifactWriter:
         meta: dict[str, Any] | None = None,
         weight: float | None = None,
         soft: np.ndarray | None = None,
+        encoded: tuple[str, bytes] | None = None,
     ) -> None:
         """Append one sample.
 
@@ -151,6 +148,8 @@ class ArtifactWriter:
             meta: JSON-serialisable per-sample metadata.
             weight: optional per-sample weight.
             soft: optional float32 ``[num_classes]`` soft label.
+            encoded: ``(field, bytes)``: the image's original encoding (e.g. ``("jpg", <JPEG bytes>)``), stored as
+                is instead of a PNG of ``image`` (png storage only; ``image`` must be what the bytes decode to).
         """
         check_key(key)
         if key in self._keys:
@@ -173,8 +172,11 @@ class ArtifactWriter:
                     f"image {key!r} has shape {tuple(image.shape)} {image.dtype}, expected ({h}, {w}, {c}) "
                     "uint8; resize/convert the source images to one shape"
                 )
-            payload = codec.encode_png(image)
-            sample["png"] = payload
+            field, payload = encoded if encoded is not None else ("png", codec.encode_png(image))
+            if field not in codec.IMAGE_FIELDS:
+                raise DataError(f"image field {field!r} of {key!r} is not one of {codec.IMAGE_FIELDS}")
+            sample[field] = payload
+            self._fields.add(field)
             pix = image.reshape(-1, c).astype(np.float64) / 255.0
         else:
             if image.dtype != np.float32 or image.shape != (c, h, w):
@@ -259,32 +261,12 @@ class ArtifactWriter:
             self._close(split)
         if not self._rows:
             raise DataError("no samples were written; the source is empty")
-        counts: dict[str, dict[str, Any]] = {}
-        for split, rows in self._rows.items():
-            per_class = np.bincount([r[2] for r in rows], minlength=len(self.classes)).tolist()
-            counts[split] = {"total": len(rows), "per_class": per_class}
-        check = require_all_classes if require_all_classes in counts else None
-        if check:
-            empty = [self.classes[i] for i, n in enumerate(counts[check]["per_class"]) if n == 0]
-            if empty:
-                raise DataError(
-                    f"class {empty[0]!r} has no {check} samples; add images for it or remove the class"
-                )
+        counts = split_counts([r for rows in self._rows.values() for r in rows], len(self.classes))
+        check_all_classes(counts, self.classes, require_all_classes)
         offsets = self._offsets
-        rows = [r for split in sorted(self._rows, key=_split_order) for r in self._rows[split]]
-        table = pa.table(
-            {
-                "key": pa.array([r[0] for r in rows], pa.string()),
-                "split": pa.array([r[1] for r in rows], pa.string()),
-                "label": pa.array([r[2] for r in rows], pa.int32()),
-                "shard": pa.array([r[3] for r in rows], pa.string()),
-                "sha256": pa.array([r[4] for r in rows], pa.string()),
-                "offset": pa.array([offsets[(r[3], r[0])][0] for r in rows], pa.int64()),
-                "size": pa.array([offsets[(r[3], r[0])][1] for r in rows], pa.int64()),
-                "weight": pa.array([r[5] for r in rows], pa.float64()),
-                "soft_sha256": pa.array([r[6] for r in rows], pa.string()),
-            }
-        )
+        rows = [(*r[:5], *offsets[(r[3], r[0])], *r[5:])
+                for split in sorted(self._rows, key=_split_order) for r in self._rows[split]]
+        table = manifest_table(rows)
         with fsio.open_write(self.fs, fsio.join(self.tmp, MANIFEST)) as f:
             pq.write_table(table, f)
         if self.storage == "npy":
@@ -308,7 +290,7 @@ class ArtifactWriter:
             counts=counts,
             source=self.source,
             digest=manifest_digest(table),
-            storage=self.storage,
+            storage=self.storage if self._fields <= {"png"} else "jpg",
             shards=shards,
             extra=self.extra,
         )
@@ -320,7 +302,7 @@ class ArtifactWriter:
 
     def _record_offset(self, shard: str, key: str, sample: dict[str, Any], start: int, end: int) -> None:
         """Remember where the primary field's bytes sit in the tar (members are written sorted)."""
-        primary = "png" if self.storage == "png" else "npy"
+        primary = "npy" if self.storage == "npy" else next(f for f in codec.IMAGE_FIELDS if f in sample)
         pos = start
         for field in sorted(k for k in sample if k != "__key__"):
             size = len(sample[field])

@@ -47,6 +47,8 @@ class ImageFolderSpec(StageConfig):
         resize: ``[H, W]`` every image is resized to (bilinear); ``null``: all images must share one size.
         allow_16bit: convert images of more than 8 bits per sample (16-bit PNG, 32-bit TIFF) to 8 bits, clipping
             values above 255; ``false``: such images are refused.
+        keep_jpeg: keep a JPEG file's bytes as they are when it needs no conversion or resize (no re-encode, no
+            generation loss; the artifact's storage is then ``jpg``); ``false``: every image becomes a PNG.
     """
 
     kind: Literal["image_folder"] = "image_folder"
@@ -57,6 +59,7 @@ class ImageFolderSpec(StageConfig):
     channels: Literal[1, 3] | None = None
     resize: tuple[int, int] | None = None
     allow_16bit: bool = False
+    keep_jpeg: bool = True
 
 
 class CifarSpec(StageConfig):
@@ -104,12 +107,18 @@ class WebDatasetSpec(StageConfig):
         urls: ``{split: url}``; a url is a path, an fsspec URL or a brace pattern (``shards-{0000..0009}.tar``).
         name: dataset name.
         classes: class names (index = label); ``null``: ``"0"`` .. ``"K-1"`` from the largest label seen.
+        layout: ``reencode`` decodes every image and writes ddflow's own PNG shards (any image size mix is refused,
+            keys are renumbered where they are not flat names); ``in_place`` indexes the shards where they are
+            (byte offsets and per-sample sha256 in the manifest, no copy, no re-encode: the artifact holds only
+            its manifest); ``copy`` indexes them the same way and copies the shard files byte for byte into the
+            artifact (same digest as ``in_place``). ``in_place``/``copy`` need one image format and size.
     """
 
     kind: Literal["webdataset"] = "webdataset"
     urls: dict[str, str]
     name: str = "webdataset"
     classes: list[str] | None = None
+    layout: Literal["reencode", "in_place", "copy"] = "reencode"
 
 
 SourceSpec = Annotated[
@@ -118,14 +127,14 @@ SourceSpec = Annotated[
 ]
 
 
-def build_source(spec: StageConfig) -> Source:
-    """Instantiate the reader for a source spec."""
+def build_source(spec: StageConfig, *, workers: int = 1) -> Source:
+    """Instantiate the reader for a source spec (``workers``: decoding processes, for sources that use them)."""
     if isinstance(spec, FashionMNISTSpec):
         return FashionMNISTSource(spec.root, name=spec.name)
     if isinstance(spec, ImageFolderSpec):
         return ImageFolderSource(spec.root, test_fraction=spec.test_fraction, split_seed=spec.split_seed,
                                  channels=spec.channels, resize=spec.resize, name=spec.name,
-                                 allow_16bit=spec.allow_16bit)
+                                 allow_16bit=spec.allow_16bit, keep_jpeg=spec.keep_jpeg, workers=workers)
     if isinstance(spec, CifarSpec):
         return cifar_source(spec.root, name=spec.name)
     if isinstance(spec, NpzSpec):

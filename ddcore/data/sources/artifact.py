@@ -27,7 +27,7 @@ from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.data.artifact import DatasetArtifact
 from ddcore.data.meta import MANIFEST, METADATA, DatasetMeta
-from ddcore.data.writer import disk_errors
+from ddcore.data.storage import disk_errors
 from ddcore.errors import ArtifactError
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -117,7 +117,8 @@ def reuse_artifact(spec: ArtifactSpec, out: str | Path, *, overwrite: bool = Fal
     how: set[str] = set()
     try:
         with disk_errors(str(out)):
-            for name in [*sorted(art.meta.shards), MANIFEST, METADATA]:  # the completion marker last
+            shards = [] if art.meta.in_place else sorted(art.meta.shards)  # in place: they stay where they are
+            for name in [*shards, MANIFEST, METADATA]:  # the completion marker last
                 how.add(_place(art.fs, fsio.join(art.path, name), fs, fsio.join(tmp, name)))
             fsio.publish(fs, tmp, final, marker=METADATA)
     except BaseException:

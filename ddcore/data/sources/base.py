@@ -24,6 +24,7 @@ class Sample:
         meta: JSON-serialisable provenance (e.g. the source file).
         weight: optional per-sample loss weight (sources that carry one: ``.pt``, Hugging Face folders).
         soft: optional float32 ``[num_classes]`` soft label (same sources).
+        encoded: ``(field, bytes)``: the image's original encoding, stored as is (a JPEG file kept byte for byte).
     """
 
     split: str
@@ -33,6 +34,7 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     weight: float | None = None
     soft: np.ndarray | None = None
+    encoded: tuple[str, bytes] | None = None
 
 
 class Source(Protocol):

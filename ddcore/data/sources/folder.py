@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ddcore.data.codec import HIGH_BIT_DEPTH_MODES, decode_image, decode_png
+from ddcore.data.codec import HIGH_BIT_DEPTH_MODES, decode_png
+from ddcore.data.image_files import LoadOptions, load_image_file
 from ddcore.data.sources.base import Sample, require_dir, stratified_split
+from ddcore.data.workers import in_workers
 from ddcore.errors import DataError
 
 log = logging.getLogger("ddflow.data")
@@ -36,6 +37,9 @@ class ImageFolderSource:
         name: dataset name.
         allow_16bit: convert images of more than 8 bits per sample (:data:`HIGH_BIT_DEPTH_MODES`: 16-bit PNG,
             32-bit or float TIFF) to 8 bits, clipping values above 255; ``False`` refuses them.
+        keep_jpeg: store a JPEG file's own bytes when it needs no conversion or resize (no re-encode, no
+            generation loss); ``False`` re-encodes every image as PNG.
+        workers: processes decoding images at once (:func:`ddcore.data.workers.in_workers`).
 
     Images in another mode than the artifact's (``L`` or ``RGB``), e.g. palette (``P``) or ``CMYK``, are converted;
     the ingest then logs one warning (logger ``ddflow.data``) with the count per mode.
@@ -51,9 +55,11 @@ class ImageFolderSource:
         resize: tuple[int, int] | None = None,
         name: str | None = None,
         allow_16bit: bool = False,
+        keep_jpeg: bool = True,
+        workers: int = 1,
     ) -> None:
         self.root = require_dir(root, "image folder")
-        self.allow_16bit = allow_16bit
+        self.allow_16bit, self.keep_jpeg, self.workers = allow_16bit, keep_jpeg, workers
         self.name = name or self.root.name
         self.test_fraction, self.split_seed, self.resize = test_fraction, split_seed, resize
         split_dirs = {s: self.root / s for s in ("train", "test", "val") if (self.root / s).is_dir()}
@@ -102,6 +108,7 @@ class ImageFolderSource:
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
             "resize": list(self.resize) if self.resize else None,
+            **({} if self.keep_jpeg else {"keep_jpeg": False}),
         }
 
     def expected_total(self) -> int | None:
@@ -110,33 +117,22 @@ class ImageFolderSource:
     def samples(self) -> Iterator[Sample]:
         c, h, w = self.image_shape
         converted: Counter[str] = Counter()
+        jobs = []
         for split, files in self._files.items():
             counters = [0] * len(self.classes)
             for path, label in files:
-                try:
-                    img, mode = decode_image(path.read_bytes(), channels=c)
-                except DataError as exc:
-                    raise DataError(f"{path}: {exc}") from None
-                if mode in HIGH_BIT_DEPTH_MODES and not self.allow_16bit:
-                    raise DataError(f"{path} has more than 8 bits per sample (mode {mode}) and converting it to 8 "
-                                    "bits clips every value above 255; save 8-bit images, or pass --allow-16bit "
-                                    "(source option allow_16bit: true) to convert anyway")
-                if mode != ("L" if c == 1 else "RGB"):
-                    converted[mode] += 1
-                if self.resize and img.shape[:2] != (h, w):
-                    mode = "L" if c == 1 else "RGB"
-                    pil = Image.fromarray(img[:, :, 0] if c == 1 else img, mode=mode)
-                    img = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
-                    img = img[:, :, None] if img.ndim == 2 else img
-                if img.shape != (h, w, c):
-                    raise DataError(
-                        f"{path} is {img.shape[1]}x{img.shape[0]}, expected {w}x{h}; "
-                        "set resize: [H, W] in the source config or fix the image"
-                    )
-                key = f"{split}_{label:05d}_{counters[label]:07d}"
+                jobs.append((path, split, f"{split}_{label:05d}_{counters[label]:07d}", label))
                 counters[label] += 1
-                rel = str(path.relative_to(self.root))
-                yield Sample(split, key, img, label, {"file": rel})
+        opts = LoadOptions((c, h, w), self.resize is not None, self.allow_16bit, self.keep_jpeg)
+        step = 256 * self.workers if self.workers > 1 else max(len(jobs), 1)
+        with in_workers(self.workers, chunksize=32) as pool:
+            for start in range(0, len(jobs), step):  # in steps: decoded images in memory stay bounded
+                part = jobs[start : start + step]
+                for (path, split, key, label), (img, mode, encoded) in zip(
+                        part, pool.map(load_image_file, [j[0] for j in part], [opts] * len(part)), strict=True):
+                    if mode != ("L" if c == 1 else "RGB"):
+                        converted[mode] += 1
+                    yield Sample(split, key, img, label, {"file": str(path.relative_to(self.root))}, encoded=encoded)
         if converted:
             log.warning("%s", conversion_note(self.root, converted, "L" if c == 1 else "RGB",
                                               self.expected_total() or 0))

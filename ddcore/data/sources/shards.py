@@ -15,19 +15,12 @@ from typing import Any
 
 import webdataset as wds
 
-from ddcore.data.codec import decode_png
+from ddcore.data.codec import IMAGE_FIELDS, SAFE_EXTRA, check_member_key, decode_png, parse_label
+from ddcore.data.meta import KEY_RE, MAX_CLASSES
 from ddcore.data.sources.base import Sample
-from ddcore.data.writer import KEY_RE
 from ddcore.errors import DataError
 
-IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
-LABEL_FIELDS = ("cls", "label")
-SAFE_EXTRA = frozenset({"json", "txt", "cls", "label", *IMAGE_FIELDS})
-
-
 ALLOW_PIPE_ENV = "DDFLOW_ALLOW_PIPE"
-MAX_CLASSES = 100_000
-"""Most classes inferred from the labels when no class list is given (ImageNet-21k has 21,841)."""
 
 
 def check_url_allowed(url: str) -> str:
@@ -122,15 +115,10 @@ class ShardSource:
 
 
 def _check_member_name(sample: dict[str, Any], url: str) -> None:
-    """Refuse members named with an absolute path or a '..' component (``../x.png``, ``/abs.png``): nothing is
-    extracted, but such names only come from a crafted or broken tar."""
+    """:func:`~ddcore.data.codec.check_member_key` of a decoded webdataset sample (member: key and first field)."""
     key = str(sample.get("__key__", ""))
-    parts = key.replace("\\", "/").split("/")
-    if key.startswith(("/", "\\")) or ".." in parts:
-        field = next((k for k in sample if not k.startswith("__")), "")
-        member = f"{key}.{field}" if field else key
-        raise DataError(f"refused shard member {member!r} in {url}: member names must be relative paths without "
-                        "'..' (path traversal); re-create the shard with plain member names")
+    field = next((k for k in sample if not k.startswith("__")), "")
+    check_member_key(key, f"{key}.{field}" if field else key, url)
 
 
 def _image_field(sample: dict[str, Any]) -> str:
@@ -141,12 +129,4 @@ def _image_field(sample: dict[str, Any]) -> str:
 
 
 def _label(sample: dict[str, Any]) -> int:
-    for f in LABEL_FIELDS:
-        if f in sample:
-            try:
-                return int(bytes(sample[f]).decode().strip())
-            except ValueError:
-                text = bytes(sample[f])[:40].decode(errors="replace")
-                raise DataError(f"sample {sample.get('__key__')!r}: label {text!r} is not an integer; store the class "
-                                "index as decimal digits (e.g. 3)") from None
-    raise DataError(f"sample {sample.get('__key__')!r} has no 'cls' label field")
+    return parse_label(sample, f"sample {sample.get('__key__')!r}")

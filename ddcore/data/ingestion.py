@@ -11,7 +11,8 @@ from pydantic import Field, model_validator
 from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.data.meta import DatasetMeta
-from ddcore.data.sources import SourceSpec, build_source
+from ddcore.data.shard_index import index_shards
+from ddcore.data.sources import SourceSpec, WebDatasetSpec, build_source
 from ddcore.data.sources.artifact import ArtifactSpec, pin_digest, reuse_artifact
 from ddcore.data.writer import DEFAULT_SHARD_SIZE, ArtifactWriter
 from ddcore.errors import ArtifactError
@@ -28,17 +29,23 @@ class IngestConfig(StageConfig):
         shard_size: samples per WebDataset shard (``kind: artifact`` keeps the artifact's shards).
         max_per_class: keep at most this many samples per class and split (first in source order);
             ``None`` keeps all. Not with ``kind: artifact`` (that would need re-ingesting).
+        workers: processes that read and encode at once (shards indexed in place, image folders); the
+            artifact is the same for every count, so it is not part of the stage key.
     """
 
     source: SourceSpec
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1)
     max_per_class: int | None = Field(None, ge=1)
+    workers: int = Field(1, ge=1, le=256, exclude=True)
 
     @model_validator(mode="after")
     def _artifact_is_used_as_is(self) -> IngestConfig:
         if isinstance(self.source, ArtifactSpec) and self.max_per_class is not None:
             raise ValueError("max_per_class needs re-ingesting, but source kind 'artifact' uses the artifact as it "
                              "is; remove max_per_class or make a subset with 'ddflow ingest --max-per-class'")
+        if isinstance(self.source, WebDatasetSpec) and self.source.layout != "reencode" and self.max_per_class:
+            raise ValueError(f"max_per_class needs re-encoding, but layout {self.source.layout!r} indexes the shards "
+                             "as they are; remove max_per_class or use layout: reencode")
         return self
 
     def pinned(self) -> IngestConfig:
@@ -60,7 +67,12 @@ def ingest(config: IngestConfig, out: str | Path, *, overwrite: bool = False,
     check_out_apart(config.source.model_dump(mode="json"), out)
     if isinstance(config.source, ArtifactSpec):
         return reuse_artifact(config.source, out, overwrite=overwrite)[0]
-    src = build_source(config.source)
+    if isinstance(config.source, WebDatasetSpec) and config.source.layout != "reencode":
+        spec = config.source
+        return index_shards(spec.urls, out, layout=spec.layout, name=spec.name, classes=spec.classes,
+                            source=spec.model_dump(mode="json"), overwrite=overwrite, progress=progress,
+                            workers=config.workers)
+    src = build_source(config.source, workers=config.workers)
     desc = dict(src.describe())
     if config.max_per_class is not None:
         desc["max_per_class"] = config.max_per_class
@@ -74,7 +86,7 @@ def ingest(config: IngestConfig, out: str | Path, *, overwrite: bool = False,
                 if seen.get(k, 0) >= config.max_per_class:
                     continue
                 seen[k] = seen.get(k, 0) + 1
-            writer.add(s.split, s.key, s.image, s.label, meta=s.meta, weight=s.weight, soft=s.soft)
+            writer.add(s.split, s.key, s.image, s.label, meta=s.meta, weight=s.weight, soft=s.soft, encoded=s.encoded)
             if progress is not None and n % 1000 == 0:
                 progress(n, total)
         meta = writer.commit()
