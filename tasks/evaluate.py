@@ -24,6 +24,7 @@ from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
+from ddcore.evaluate.test_data import load_test_split
 from ddcore.evaluate.train import EpochCheckpoint, train_and_evaluate
 from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
 from tasks.runtime.refs import ArtifactRef, numbered, numbered_inputs
@@ -116,9 +117,10 @@ def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig
     """Round ``config.index``: train a fresh network on the synthetic set, test on the real test split."""
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
-    test_x, test_y = data.load_split(test_split(data))
-    sset = load_synthetic(inputs["synthetic"].uri)
     ev, i = config.evaluate, config.index
+    test_x, test_y = load_test_split(data, test_split(data), memory_mb=ev.eval.test_memory_mb,
+                                     workers=ev.eval.loader_workers)
+    sset = load_synthetic(inputs["synthetic"].uri)
     teacher = _teacher(inputs, ev.teacher, sset.num_classes, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
                              num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
@@ -136,8 +138,9 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     """Round ``config.index`` of the random baseline: a seeded random real subset, a fresh network."""
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
-    test_x, test_y = data.load_split(test_split(data))
     bc, i, k = config.baseline, config.index, data.meta.num_classes
+    test_x, test_y = load_test_split(data, test_split(data), memory_mb=bc.eval.test_memory_mb,
+                                     workers=bc.eval.loader_workers)
     x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
     teacher = _teacher(inputs, bc.teacher, k, tuple(test_x.shape[1:]), ctx.device)
     run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,

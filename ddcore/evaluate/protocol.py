@@ -77,6 +77,10 @@ class EvalConfig(StageConfig, NamesNetwork, CpuThreads):
         selection: ``last`` (accuracy after the last epoch) or ``best`` (max over tests: optimistic).
         soft_label_temperature: T of the KL(teacher_T ‖ student_T) loss used when soft labels or a
             teacher are given (no T² factor, as in SRe2L/D4M); hard labels use cross-entropy.
+        test_memory_mb: a test split taking at most this many MB as float32 is held in memory; a larger one is
+            streamed batch by batch (:mod:`ddcore.evaluate.test_data`). Same accuracy either way, so it is no
+            part of the config's identity (stage key).
+        loader_workers: processes decoding a streamed test split (no part of the config's identity either).
     """
 
     protocol: Literal["dm", "ncfm"] = "dm"
@@ -102,6 +106,8 @@ class EvalConfig(StageConfig, NamesNetwork, CpuThreads):
     test_every: int = Field(default=0, ge=0)
     selection: Literal["last", "best"] = "last"
     soft_label_temperature: float = Field(default=1.0, gt=0)
+    test_memory_mb: float = Field(default=1024.0, ge=0, exclude=True)
+    loader_workers: int = Field(default=2, ge=0, le=64, exclude=True)
 
     @model_validator(mode="before")
     @classmethod

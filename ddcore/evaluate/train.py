@@ -28,6 +28,7 @@ from ddcore.augment.dsa import apply, draw_ncfm_eval_params, draw_params
 from ddcore.checkpoint import load_state, loop_checkpoint, save_state
 from ddcore.evaluate.loss import Targets, check_eval_inputs
 from ddcore.evaluate.protocol import EvalConfig, optimizer_for_pass, select_epoch
+from ddcore.evaluate.test_data import TestImages, split_batches
 from ddcore.seeding import generator
 
 Progress = Callable[[int, int, float], None]
@@ -86,15 +87,15 @@ class _History:
 
 @torch.inference_mode()
 def top1_accuracy(
-    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: str | torch.device, batch_size: int
+    net: nn.Module, images: TestImages, labels: torch.Tensor, *, device: str | torch.device, batch_size: int
 ) -> float:
-    """Top-1 accuracy (fraction) of ``net`` in eval mode, in batches of ``batch_size`` moved to ``device``."""
+    """Top-1 accuracy (fraction) of ``net`` in eval mode, in batches of ``batch_size`` moved to ``device``
+    (``images``: a tensor, or a :class:`~ddcore.evaluate.test_data.StreamedSplit` read batch by batch)."""
     was_training = net.training
     net.eval()
     correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size].to(device, torch.float32)
-        y = labels[start : start + batch_size].to(device)
+    for xb, yb in split_batches(images, labels, batch_size):
+        x, y = xb.to(device, torch.float32), yb.to(device)
         correct += int((net(x).argmax(dim=1) == y).sum())
     net.train(was_training)
     return correct / max(1, images.shape[0])
