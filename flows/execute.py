@@ -49,10 +49,12 @@ class PlanExecutor:
                 self.collect()
                 inputs = {name: self.results[src] for name, src in node.inputs.items()}
             t0 = time.perf_counter()
-            self.results[node.id] = self.run.run(stage, node.config, inputs, device=self.device,
-                                                 label=run_label(stage.name, node.id))
-            self.timeline.append({"name": node.id, "cached": self.run.outcomes.get(stage.name) == "cached",
-                                  "seconds": round(time.perf_counter() - t0, 3)})
+            ref = self.results[node.id] = self.run.run(stage, node.config, inputs, device=self.device,
+                                                       label=run_label(stage.name, node.id))
+            cached = self.run.outcomes.get(stage.name) == "cached"
+            rec = None if cached else self.run.store.read_record_at(ref.uri)
+            self.timeline.append({"name": node.id, "cached": cached, "seconds": round(time.perf_counter() - t0, 3),
+                                  "peak_rss_mb": 0.0 if rec is None else rec.peak_rss_mb})
             return
         device = "cpu" if node.placement == "cpu" else next(self._devices)
         with stage_options(self.runner, gpu="gpu" in stage.tags):
@@ -68,7 +70,8 @@ class PlanExecutor:
             cached = future.state.name == "Cached"
             rec = self.run.store.read_record_at(ref.uri)
             seconds = 0.0 if cached or rec is None else round(rec.duration_s, 3)
-            self.timeline.append({"name": node_id, "cached": cached, "seconds": seconds})
+            peak = 0.0 if cached or rec is None else rec.peak_rss_mb
+            self.timeline.append({"name": node_id, "cached": cached, "seconds": seconds, "peak_rss_mb": peak})
             self.results[node_id] = ref
 
 

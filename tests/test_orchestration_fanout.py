@@ -25,8 +25,8 @@ tracking: {{enabled: false}}
 
 def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: Path, prefect_harness: None) -> None:
     """class_groups: 3 runs DM as three class-group tasks and a merge; the merged set has the single task's
-    labels and images (to float tolerance) and records its groups; each evaluation round is its own task;
-    the merged set's lineage leads through its three parts to the ingested data."""
+    labels and images (to float tolerance) and records its groups; each evaluation round is its own task; every
+    stage's peak RSS is in the summary; the merged set's lineage leads through its three parts to the ingested data."""
     from ddcore.data.synthetic_io import load_synthetic
     from flows.distill import distill_flow
 
@@ -37,6 +37,8 @@ def test_class_groups_merge_to_the_single_task_set(fake_fmnist: Path, tmp_path: 
     assert [n for n in names if n.startswith("distill/dm/ipc2/")] == [
         "distill/dm/ipc2/classes0-2", "distill/dm/ipc2/classes3-6", "distill/dm/ipc2/classes7-9"]
     assert "distill/dm/ipc2" in names and not any(s["cached"] for s in three["stages"])
+    # every computed stage, in the flow or submitted to the runner, reports its peak RSS in the summary
+    assert all(s["peak_rss_mb"] > 0 for s in three["stages"])
     assert [n for n in names if n.startswith("evaluate/dm/ipc2/")] == ["evaluate/dm/ipc2/round0",
                                                                        "evaluate/dm/ipc2/round1"]
     assert [n for n in names if n.startswith("baseline/ipc2/")] == ["baseline/ipc2/round0", "baseline/ipc2/round1"]

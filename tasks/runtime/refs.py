@@ -80,6 +80,7 @@ class RefRecord(BaseModel):
         inputs: upstream refs by input name.
         code_version: ``{"ddflow": version, "git": commit or None, "dirty": bool or None}``.
         started_at, finished_at: ISO-8601 UTC timestamps; ``duration_s`` the wall time of the stage function.
+        peak_rss_mb: the process's peak resident memory while the stage ran (:mod:`tasks.runtime.memory`).
         metrics: what the stage function returned.
         files: ``{relative path: size in bytes}`` of every file of the output (``ref.json`` excluded).
         digest_method: ``"dataset"`` (sha256 = ``dataset.json`` digest) or ``"tree"`` (sha256 over the
@@ -102,6 +103,7 @@ class RefRecord(BaseModel):
     started_at: str = ""
     finished_at: str = ""
     duration_s: float = 0.0
+    peak_rss_mb: float = 0.0
     metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, int] = Field(default_factory=dict)
     digest_method: Literal["dataset", "tree"] = "tree"

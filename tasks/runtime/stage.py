@@ -33,6 +33,7 @@ from typing import Any
 from ddcore.config import StageConfig
 from ddcore.errors import DDFlowError
 from ddcore.threads import stage_threads, torch_threads
+from tasks.runtime.memory import PeakMemory
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
 from tasks.runtime.stage_run import StageRun
@@ -196,31 +197,17 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
     ctx = StageContext(stage=stage, key=key, checkpoint_dir=store.checkpoint_dir(stage, key),
                        device=resolve_device(device), seed=stage_seed(config, key), logger=log, run=run, label=label)
     started, t0 = utc_now(), time.perf_counter()
-    effective, tmp = config, None
+    effective, tmp, memory = config, None, PeakMemory()
     try:
-        while True:
-            tmp = store.begin(stage, key)
-            try:
-                fault_point(stage, "before")
-                result = call_stage(fn, inputs, effective, tmp, ctx)
-                break
-            except Exception as exc:
-                if on_oom is None or not is_cuda_oom(exc) or ctx.attempt >= max_oom_retries:
-                    raise
-                smaller = on_oom(effective, ctx.attempt + 1)
-                if smaller is None:
-                    raise
-                log.warning("stage %s: CUDA out of memory; retrying with %s", stage,
-                            _config_change(effective, smaller))
-                store.discard(tmp)
-                free_cuda_memory()
-                effective, ctx.attempt = smaller, ctx.attempt + 1
+        with memory:
+            effective, tmp, result = _call_with_oom_retries(store, stage, key, fn, inputs, config, ctx, on_oom,
+                                                            max_oom_retries, log)
         fault_point(stage, "after")
         metrics = _checked_metrics(stage, result)
         ref = store.publish(stage, key, tmp, kind=kind, config=config, inputs=inputs, metrics=metrics,
                             started_at=started, duration_s=time.perf_counter() - t0,
                             effective_config=None if effective is config else effective,
-                            tracking=run.reference())
+                            tracking=run.reference(), peak_rss_mb=memory.mb)
     except BaseException as exc:
         if tmp is not None:
             store.discard(tmp)
@@ -230,9 +217,35 @@ def _compute(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: di
         raise
     store.clear_checkpoint(stage, key)
     ref_file = f"{ref.uri}/{REF_FILE}" if store.is_local else None
-    run.finish(ref, metrics, ref_file=ref_file)
-    log.info("stage %s: done in %.1fs (key %s, sha256 %s)", stage, time.perf_counter() - t0, key, ref.short)
+    run.finish(ref, {**metrics, "peak_rss_mb": memory.mb}, ref_file=ref_file)
+    log.info("stage %s: done in %.1fs (key %s, sha256 %s, peak RSS %.0f MB)", stage, time.perf_counter() - t0, key,
+             ref.short, memory.mb)
     return ref
+
+
+def _call_with_oom_retries(store: ArtifactStore, stage: str, key: str, fn: StageFn, inputs: dict[str, ArtifactRef],
+                           config: StageConfig, ctx: StageContext, on_oom: OomHook | None, max_oom_retries: int,
+                           log: logging.Logger | logging.LoggerAdapter) -> tuple[StageConfig, str, StageResult]:
+    """Run ``fn`` into a fresh temporary folder, retrying with ``on_oom``'s smaller config after a CUDA
+    out-of-memory error; returns ``(config run, its folder, result)``."""
+    effective = config
+    while True:
+        tmp = store.begin(stage, key)
+        try:
+            fault_point(stage, "before")
+            return effective, tmp, call_stage(fn, inputs, effective, tmp, ctx)
+        except Exception as exc:
+            retry = on_oom is not None and is_cuda_oom(exc) and ctx.attempt < max_oom_retries
+            smaller = on_oom(effective, ctx.attempt + 1) if retry and on_oom is not None else None
+            store.discard(tmp)
+            if smaller is None:
+                raise
+            log.warning("stage %s: CUDA out of memory; retrying with %s", stage, _config_change(effective, smaller))
+            free_cuda_memory()
+            effective, ctx.attempt = smaller, ctx.attempt + 1
+        except BaseException:
+            store.discard(tmp)
+            raise
 
 
 def fault_point(stage: str, point: str) -> None:

@@ -275,7 +275,7 @@ class ArtifactStore:
     def publish(self, stage: str, key: str, tmp_uri: str, *, kind: ArtifactKind, config: StageConfig,
                 inputs: Mapping[str, ArtifactRef], metrics: Mapping[str, Any], started_at: str,
                 duration_s: float, effective_config: StageConfig | None = None, tracking: Mapping[str, str] | None
-                = None) -> ArtifactRef:
+                = None, peak_rss_mb: float = 0.0) -> ArtifactRef:
         """Seal the temporary folder: digest it, write ``ref.json`` (atomically) and move it into place;
         ``tracking`` names the MLflow run that computed it (``uri``, ``run_id``).
 
@@ -296,7 +296,8 @@ class ArtifactStore:
             config_class=f"{type(config).__module__}.{type(config).__qualname__}",
             effective_config=None if effective_config is None else effective_config.model_dump(mode="json"),
             inputs=dict(inputs), code_version=code_version(), started_at=started_at, finished_at=utc_now(),
-            duration_s=round(float(duration_s), 3), metrics=dict(metrics), files=files, digest_method=method,
+            duration_s=round(float(duration_s), 3), peak_rss_mb=float(peak_rss_mb), metrics=dict(metrics),
+            files=files, digest_method=method,
             host=hostname(), tracking=dict(tracking or {}),
         )
         part = fsio.join(tmp, f".{REF_FILE}{fsio.TMP_MARK}")
