@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ddcore.config import StageConfig
 from ddcore.errors import ConfigError
 
@@ -157,7 +159,10 @@ def _latent_metrics(sset: SyntheticSet) -> dict[str, float | int]:
     w2 = sset.extra.get("w2") or {}
     return {"empty_cells": int(sset.extra.get("empty_cells", 0)), "w2_weighted": w2.get("mean_w2_weighted", 0.0),
             "w2_uniform": w2.get("mean_w2_uniform", 0.0), "w2_reduction": w2.get("mean_reduction", 0.0),
-            "kmeans_seconds": float(sum(sset.extra.get("kmeans_seconds", []) or [0.0]))}
+            "kmeans_seconds": float(sum(sset.extra.get("kmeans_seconds", []) or [0.0])),
+            # per-class figures as summaries (the whole table is one MLflow artifact: tasks/distill.per_class_table)
+            "quantization_error_mean": float(np.mean(sset.extra.get("quantization_error") or [0.0])),
+            "quantization_error_max": float(np.max(sset.extra.get("quantization_error") or [0.0]))}
 
 
 def _register_builtins() -> None:

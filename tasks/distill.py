@@ -26,23 +26,57 @@ from tasks.features import load_keep
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageContext, make_stage_task
 
+GRID_CLASSES = 50
+"""Most classes (rows) in a set's logged image grid; larger sets show that many classes spread over the range."""
+
+
+def grid_classes(num_classes: int, most: int = GRID_CLASSES) -> list[int]:
+    """The classes a grid shows: all of them, or ``most`` evenly spaced from the first to the last."""
+    if num_classes <= most:
+        return list(range(num_classes))
+    return sorted({int(round(v)) for v in np.linspace(0, num_classes - 1, most)})
+
 
 def synthetic_grid(sset: SyntheticSet, classes: list[str], per_class: int = 10) -> bytes:
-    """PNG bytes of a grid with up to ``per_class`` images of each class."""
+    """PNG bytes of a grid with up to ``per_class`` images of each class (of :func:`grid_classes`)."""
     pix = (sset.pixels().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    rows = [pix[(sset.labels == c).numpy()][:per_class] for c in range(sset.num_classes)]
+    shown = grid_classes(sset.num_classes)
+    rows = [pix[(sset.labels == c).numpy()][:per_class] for c in shown]
     rows = [r if len(r) else np.zeros((0, *pix.shape[1:]), np.uint8) for r in rows]
-    return png_bytes(make_grid(rows, labels=classes))
+    return png_bytes(make_grid(rows, labels=[classes[c] for c in shown]))
+
+
+PER_CLASS_FIELDS = ("class_sizes", "quantization_error", "kmeans_seconds")
+"""Per-class figures of a set's ``extra`` (the latent methods') logged as one table, not one metric per class."""
+
+
+def per_class_table(sset: SyntheticSet, classes: list[str]) -> str | None:
+    """CSV text with one row per class: its name, and each per-class figure the set records (``None``: none)."""
+    cols = [f for f in PER_CLASS_FIELDS if len(sset.extra.get(f) or []) == sset.num_classes]
+    if not cols:
+        return None
+    empty = [sum(1 for n in counts if n == 0) for counts in sset.extra.get("cell_counts") or []]
+    if len(empty) == sset.num_classes:
+        cols.append("empty_cells")
+    lines = [",".join(["class", "name", *cols])]
+    for c in range(sset.num_classes):
+        vals = [empty[c] if f == "empty_cells" else sset.extra[f][c] for f in cols]
+        lines.append(",".join([str(c), '"' + classes[c].replace('"', '""') + '"', *(f"{v:.6g}" for v in vals)]))
+    return "\n".join(lines) + "\n"
 
 
 def publish_synthetic(sset: SyntheticSet, out: str, art_name: str, classes: list[str], source: dict,
                       ctx: StageContext) -> None:
-    """Save ``sset`` at ``out`` and attach its image grid to the stage's MLflow run."""
+    """Save ``sset`` at ``out`` and attach its image grid (and per-class table, if any) to the stage's MLflow run."""
     save_synthetic(sset, out, classes=classes, source={"name": art_name, **source}, overwrite=True)
     with tempfile.TemporaryDirectory() as d:
         grid = Path(d) / f"{sset.method}-ipc{sset.ipc}.png"
         grid.write_bytes(synthetic_grid(sset, classes))
         ctx.log_artifact(grid, "grids")
+        if (table := per_class_table(sset, classes)) is not None:
+            path = Path(d) / f"{sset.method}-ipc{sset.ipc}-per-class.csv"
+            path.write_text(table)
+            ctx.log_artifact(path, "tables")
 
 
 def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str, ctx: StageContext) -> dict:
@@ -59,7 +93,9 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
         ctx.log_metrics(it, m)
         ctx.progress(it, total, unit, **m)
 
-    sset = method.run(MethodInputs(ArtifactSampler(art, "train", keep=keep), art, ctx.device, ctx.local_checkpoint_dir,
+    budget = {"cache_mb": config.real_cache_mb} if hasattr(config, "real_cache_mb") else {}
+    sampler = ArtifactSampler(art, "train", keep=keep, **budget)
+    sset = method.run(MethodInputs(sampler, art, ctx.device, ctx.local_checkpoint_dir,
                                    log, **given), config)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
     part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""
