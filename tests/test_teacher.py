@@ -13,7 +13,7 @@ import torch
 from conftest import class_images
 from orchestration_fixtures import REPO  # noqa: F401 - sets PREFECT_HOME before tasks.* import prefect
 
-from ddcore.data.ingest import IngestConfig
+from ddcore.data.ingestion import IngestConfig
 from ddcore.errors import ConfigError, DDFlowError
 from ddcore.evaluate import teacher as teacher_mod
 from ddcore.evaluate.teacher import (

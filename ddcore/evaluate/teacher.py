@@ -31,6 +31,7 @@ from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.distill.pool import all_real
 from ddcore.errors import DataError, WeightsError
+from ddcore.evaluate.pretrained import InputAdapter, PretrainedSpec, build_pretrained
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.train import EpochCheckpoint, Progress, train_network
 from ddcore.nets.spec import NamesNetwork
@@ -64,6 +65,8 @@ class TeacherConfig(StageConfig, NamesNetwork, CpuThreads):
         dsa: per-sample DSA augmentation (``dsa_strategy``) on every batch; off: no augmentation.
         dsa_strategy: the DSA families, ``_``-separated (e.g. ``color_crop_cutout_flip_scale_rotate``).
         seed: network initialisation; shuffling and augmentation use sub-seeds derived from it.
+        pretrained: use this pretrained torchvision classifier (:mod:`ddcore.evaluate.pretrained`) instead of
+            training one; the training fields above are then unused.
     """
 
     network: str = "convnet"
@@ -79,6 +82,7 @@ class TeacherConfig(StageConfig, NamesNetwork, CpuThreads):
     dsa: bool = True
     dsa_strategy: str = DEFAULT_STRATEGY
     seed: int = Field(default=0, ge=0)
+    pretrained: PretrainedSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TeacherConfig:
@@ -161,6 +165,7 @@ def save_teacher(
     image_shape: tuple[int, int, int],
     test_acc: float | None = None,
     dataset_digest: str | None = None,
+    data_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> str:
     """Write ``net`` as a teacher folder at ``out_dir`` (local path or fsspec URL); returns ``out_dir``.
 
@@ -168,7 +173,9 @@ def save_teacher(
     not installed), then ``teacher.json`` records the format, ``config``, ``num_classes``, ``image_shape``
     ``[C, H, W]``, ``test_acc`` (fraction), ``seed``, the training data's digest and the weights' sha256.
     The folder is complete once ``teacher.json`` exists; a stage's ``out`` is published atomically by
-    the stage machinery. No timestamps: equal weights give equal bytes.
+    the stage machinery. No timestamps: equal weights give equal bytes. A pretrained teacher (an
+    :class:`~ddcore.evaluate.pretrained.InputAdapter`) also records ``data_norm``, the dataset's ``(mean, std)``
+    its adapter undoes.
     """
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     st = _safetensors()
@@ -188,6 +195,7 @@ def save_teacher(
         "test_acc": None if test_acc is None else float(test_acc), "seed": config.seed,
         "dataset_digest": dataset_digest, "weights_file": name,
         "weights_sha256": hashlib.sha256(payload).hexdigest(),
+        **({"data_norm": [list(data_norm[0]), list(data_norm[1])]} if data_norm is not None else {}),
     }
     with fsio.open_write(fs, fsio.join(path, TEACHER_FILE)) as f:
         f.write(json.dumps(doc, indent=2, sort_keys=True).encode())
@@ -269,9 +277,16 @@ def load_teacher(
                            "the folder and re-run the train_teacher stage")
     try:
         cfg = TeacherConfig.model_validate(doc["config"])
-        net = cfg.network_spec.build(channels=shape[0], num_classes=int(doc["num_classes"]), image_size=shape[1],
-                                     seed=cfg.seed)
-        net.load_state_dict(_read_state(payload, str(doc["weights_file"])))
+        state = _read_state(payload, str(doc["weights_file"]))
+        if cfg.pretrained is not None:
+            mean, std = doc["data_norm"]
+            inner = {k.removeprefix("model."): v for k, v in state.items()}
+            net = InputAdapter(build_pretrained(cfg.pretrained, int(doc["num_classes"]), state=inner),
+                               data_mean=tuple(mean), data_std=tuple(std), spec=cfg.pretrained)
+        else:
+            net = cfg.network_spec.build(channels=shape[0], num_classes=int(doc["num_classes"]),
+                                         image_size=shape[1], seed=cfg.seed)
+            net.load_state_dict(state)
     except TeacherError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything that stops the rebuild is one user-facing line
