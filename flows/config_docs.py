@@ -242,7 +242,7 @@ def _preset_note(where: str, preset: dict[str, Any], model: type[BaseModel]) -> 
 
 
 def _data(doc: Doc) -> None:
-    from ddcore.data.ingest import IngestConfig
+    from ddcore.data.ingestion import IngestConfig
 
     kinds = models_in(IngestConfig.model_fields["source"].annotation)
     for spec in kinds:

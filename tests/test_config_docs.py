@@ -30,7 +30,7 @@ def test_docs_config_md_is_what_the_models_generate() -> None:
 def test_every_field_of_every_section_is_documented() -> None:
     """Every field of every model a run config can hold (methods and source kinds included) has a meaning; the
     reference shows each section: the top-level keys, every source kind and every registered method."""
-    from ddcore.data.ingest import IngestConfig
+    from ddcore.data.ingestion import IngestConfig
     from ddcore.methods import method_names
     from flows.config_docs import models_in, render, undocumented
 

@@ -135,6 +135,9 @@ class DistillConfig(StageConfig, NamesNetwork, CpuThreads):
         log_every: report the loss every N iterations.
         hdd: HDD's options (``method: hdd``).
         ncfm: NCFM's options (``method: ncfm``).
+        real_cache_mb: memory budget of the decoded real images the loop draws from
+            (:class:`~ddcore.data.loader.ArtifactSampler`): classes beyond it are read per draw. The same
+            images either way, so it is no part of the config's identity (stage key).
 
     For ``method: ncfm`` the keys ``lr_img``, ``batch_real`` and ``init`` default to NCFM's reference
     values (:data:`NCFM_DEFAULTS`), and an unset ``ncfm.factor`` is 2 with ``init: mix`` and 1
@@ -159,6 +162,7 @@ class DistillConfig(StageConfig, NamesNetwork, CpuThreads):
     log_every: int = Field(50, ge=1)
     hdd: HDDOptions = HDDOptions()
     ncfm: NCFMOptions = NCFMOptions()
+    real_cache_mb: float = Field(1536.0, ge=0, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
