@@ -46,8 +46,9 @@ from ddcore.prune.hyperbolic import keep_count
 
 BUDGET = {"width": 32, "iterations": 150, "batch_real": 64, "eval_epochs": 100, "num_eval": 3, "dm_lr": 1.0}
 """The study budget: the demo's networks and iterations (configs/demo.yaml) with 3 evaluation networks."""
-HDD_CHOICE = {"lr": 0.05, "scale": 20.0, "k": 1.0, "clamp": 10.0}
-"""The HDD settings the ``prune`` and ``post`` phases use (``--hdd``: the ``hdd`` phase's pick)."""
+HDD_CHOICE = {"lr": 1.0, "scale": 20.0, "k": 1.0, "clamp": 10.0}
+"""The HDD settings the ``prune``, ``post`` and iteration points use: the ``hdd`` phase's pick (docs/results.md,
+"Hyperbolic methods: the validation study"); ``--hdd`` overrides them."""
 
 
 def _hdd(name: str, lr: float, scale: float = 20.0, k: float = 1.0, clamp: float | None = 10.0, **kw) -> dict:
