@@ -20,9 +20,9 @@ def art(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_cache_fills_to_its_budget_and_draws_stay_the_same(art) -> None:
-    """With room for two classes (20 images x 64 pixels x 4 bytes each), classes 0 and 1 are cached, class 2
-    is not, and draws from every class equal the uncached sampler's."""
-    per_class = 20 * 8 * 8 * 4
+    """With room for two classes (20 images x 64 pixels, kept as uint8), classes 0 and 1 are cached, class 2
+    is not, and draws from every class equal the uncached sampler's bit for bit."""
+    per_class = 20 * 8 * 8
     budget = ArtifactSampler(art, cache_mb=2.5 * per_class / 2**20)
     never = ArtifactSampler(art, cache=False)
     assert not budget.cache and not never.cache and ArtifactSampler(art).cache

@@ -22,7 +22,8 @@ from ddcore.data.codec import IMAGE_FIELDS, decode_sample
 from ddcore.data.sources.shards import check_url_allowed
 
 CACHE_MB = 1536.0
-"""Default memory budget (MB of float32 pixels) of an :class:`ArtifactSampler`'s decoded-class cache."""
+"""Default memory budget (MB of decoded images as stored: uint8 pixels, float32 for ``npy`` artifacts) of an
+:class:`ArtifactSampler`'s class cache."""
 
 
 class ArtifactSampler:
@@ -31,8 +32,9 @@ class ArtifactSampler:
     Decoded classes are cached in memory within a budget: classes are kept as they are first drawn from until
     the next one would exceed ``cache_mb``; later classes are read by byte offset on each draw (only the drawn
     images are decoded). Filling without eviction suits distillation, which visits every class every
-    iteration: an evicting cache smaller than the split would decode every class in full each time. Cached or
-    not, a draw returns the same pixels.
+    iteration: an evicting cache smaller than the split would decode every class in full each time. The cache
+    holds the decoded uint8 pixels (a quarter of float32: ImageNet's train split at 128 px is 63 GB so, 252 GB
+    as float32) and a draw normalises only the drawn images. Cached or not, a draw returns the same pixels.
 
     Args:
         artifact: an opened :class:`DatasetArtifact`.
@@ -40,7 +42,7 @@ class ArtifactSampler:
         cache: ``None`` (default): the budget decides; ``True``: cache every class; ``False``: cache none.
         keep: optional per-class positions to restrict to (e.g. a pruned core set):
             ``keep[c]`` indexes into the class's rows.
-        cache_mb: the budget, in MB of decoded float32 images.
+        cache_mb: the budget, in MB of decoded images (uint8 pixels; float32 latents of ``npy`` artifacts).
     """
 
     def __init__(
@@ -61,9 +63,10 @@ class ArtifactSampler:
         if keep is not None:
             self._rows = [r[np.asarray(k, dtype=np.int64)] for r, k in zip(self._rows, keep, strict=True)]
         self._budget = float("inf") if cache is True else 0.0 if cache is False else cache_mb * 2**20
-        self._image_bytes = 4 * int(np.prod(self.image_shape))
+        self._npy = meta.storage == "npy"
+        self._image_bytes = (4 if self._npy else 1) * int(np.prod(self.image_shape))
         self.cache = sum(len(r) for r in self._rows) * self._image_bytes <= self._budget  # the whole split fits
-        self._cached: dict[int, torch.Tensor] = {}
+        self._cached: dict[int, np.ndarray] = {}  # class -> read_arrays() of its rows (uint8 [n, H, W, C])
         self.cached_bytes = 0
 
     def class_size(self, c: int) -> int:
@@ -72,22 +75,26 @@ class ArtifactSampler:
     def class_keys(self, c: int) -> list[str]:
         return [self.artifact.keys[r] for r in self._rows[c]]
 
-    def _cached_class(self, c: int) -> torch.Tensor | None:
-        """Class ``c`` decoded, from the cache or read into it while the budget allows; else ``None``."""
+    def _cached_class(self, c: int) -> np.ndarray | None:
+        """Class ``c`` decoded as stored, from the cache or read into it while the budget allows; else ``None``."""
         if c in self._cached:
             return self._cached[c]
         need = len(self._rows[c]) * self._image_bytes
         if self.cached_bytes + need > self._budget:
             return None
-        self._cached[c] = self.artifact.read_tensor(self._rows[c])
+        self._cached[c] = self.artifact.read_arrays(self._rows[c])
         self.cached_bytes += need
         return self._cached[c]
 
     def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` of class ``c``: float32 ``[len(idx), C, H, W]``, normalised."""
+        pos = idx.cpu().numpy()
         whole = self._cached_class(c)
-        if whole is not None:
-            return whole[idx]
-        return self.artifact.read_tensor(self._rows[c][idx.cpu().numpy()])
+        if whole is None:
+            return self.artifact.read_tensor(self._rows[c][pos])
+        if self._npy:
+            return torch.from_numpy(whole[pos])
+        return normalize_uint8(whole[pos], self.mean, self.std)
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         size = self.class_size(c)

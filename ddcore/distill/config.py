@@ -135,7 +135,7 @@ class DistillConfig(StageConfig, NamesNetwork, CpuThreads):
         log_every: report the loss every N iterations.
         hdd: HDD's options (``method: hdd``).
         ncfm: NCFM's options (``method: ncfm``).
-        real_cache_mb: memory budget of the decoded real images the loop draws from
+        real_cache_mb: memory budget (MB of uint8 pixels) of the decoded real images the loop draws from
             (:class:`~ddcore.data.loader.ArtifactSampler`): classes beyond it are read per draw. The same
             images either way, so it is no part of the config's identity (stage key).
 
