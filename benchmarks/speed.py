@@ -89,7 +89,8 @@ def timed_step(step, syn0: torch.Tensor, labels: torch.Tensor, cfg: DistillConfi
            else torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum))
     # ddflow's steps take the iteration's random streams; the reference-style loop one generator
     rng = iteration_generator(cfg.seed, it) if isinstance(step, ReferenceStyleStep) else IterationRng(cfg.seed, it)
-    labels = labels.to(device)
+    if isinstance(step, ReferenceStyleStep):  # ddflow's steps take host labels (ddcore/distill/batches.py)
+        labels = labels.to(device)
     base = _reset_peak(device)
     t0 = time.perf_counter()
     step(syn, labels, opt, rng)

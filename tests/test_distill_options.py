@@ -121,6 +121,26 @@ def test_siamese_batches_transform_real_and_synthetic_alike() -> None:
         assert same is siamese  # per-sample draws (the control) do differ
 
 
+def test_siamese_batches_label_rows_chunk_locally_and_refuse_a_missing_class() -> None:
+    """The batch's labels are chunk-local (the i-th class of the chunk is i, on both sides, each class present),
+    the synthetic rows of class c are syn's rows labelled c; a class with no synthetic image is one clear error."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * 5, 1, 8, 8, generator=g)
+    s = TensorSampler(x, torch.arange(4).repeat_interleave(5), 4, MEAN, STD)
+    syn, labels = torch.randn(8, 1, 8, 8, generator=g), torch.tensor([3, 1, 3, 1, 0, 0, 2, 2])
+
+    def draw(n: int, shape: tuple[int, ...], gen: torch.Generator):
+        return draw_params("none", batch=n, image_shape=shape, generator=gen, siamese=True)
+
+    b = siamese_batches(s, [1, 3], syn, labels, batch_real=3, draw=draw, rng=IterationRng(0, 0),
+                        device=torch.device("cpu"))
+    assert b.real_labels.tolist() == [0, 0, 0, 1, 1, 1] and b.syn_labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(b.syn, torch.cat([syn[[1, 3]], syn[[0, 2]]]))
+    with pytest.raises(ValueError, match="class 3 has 3 real and 0 synthetic"):
+        siamese_batches(s, [3], syn, torch.zeros(8, dtype=torch.int64), batch_real=3, draw=draw,
+                        rng=IterationRng(0, 0), device=torch.device("cpu"))
+
+
 def test_pool_blend_is_linear_in_init_and_final_weights(sampler: TensorSampler) -> None:
     """blend_into loads l·θ_init + (1−l)·θ_final: l = 1 is the initial net, l = 0 the trained one."""
     pool = train_pool(sampler, num_models=1, epochs=1, lr=0.01, batch_size=12, seed=0, network="convnet",

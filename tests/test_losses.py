@@ -106,6 +106,27 @@ def test_indexed_layout_rejects_one_sided_classes_and_skips_absent_ones():
     assert torch.allclose(n, ncfd(real[:5], syn[:2], t, **NCFD_KW) + ncfd(real[5:], syn[2:], t, **NCFD_KW))
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_all_present_path_equals_the_checked_path(seed):
+    """With chunk-local labels that cover every class on both sides, ``all_present=True`` (no check, no mask: no
+    read-back on a GPU) gives exactly the checked path's DM, HDD and NCFD losses, and their gradients."""
+    real, syn = randn(seed, 12, D), randn(seed + 1, 6, D).requires_grad_(True)
+    rl, sl = torch.arange(3).repeat_interleave(4), torch.arange(3).repeat_interleave(2)
+    t = randn(seed + 2, 16, D)
+    losses = {
+        "dm": lambda **kw: dm_loss_batched(real, syn, real_labels=rl, syn_labels=sl, num_classes=3, **kw),
+        "hdd": lambda **kw: hdd_loss_batched(real, syn, real_labels=rl, syn_labels=sl, num_classes=3, **HDD_KW, **kw),
+        "ncfd": lambda **kw: ncfd_batched(real, syn, t, real_labels=rl, syn_labels=sl, num_classes=3, **NCFD_KW, **kw),
+    }
+    for name, fn in losses.items():
+        checked, fast = fn(), fn(all_present=True)
+        (g_checked,) = torch.autograd.grad(checked, syn)
+        (g_fast,) = torch.autograd.grad(fast, syn)
+        assert torch.equal(checked, fast) and torch.equal(g_checked, g_fast), name
+    with pytest.raises(ValueError, match="needs num_classes"):
+        dm_loss_batched(real, syn, real_labels=rl, syn_labels=sl, all_present=True)
+
+
 # --------------------------------------------------------------------------------------------- HDD
 
 

@@ -195,7 +195,7 @@ def apply(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
             f"draw them with batch={x.shape[0]} or siamese=True"
         )
     for op in params.ops:
-        x = _APPLY[op.family](x, {k: v.to(x.device) for k, v in op.values.items()})
+        x = _APPLY[op.family](x, {k: v.to(x.device, non_blocking=True) for k, v in op.values.items()})
     return x
 
 

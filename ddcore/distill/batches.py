@@ -26,7 +26,9 @@ class ClassBatches:
 
     Attributes:
         real: float32 ``[N_r, C, H, W]``; syn: ``[N_s, C, H, W]`` (graph to the synthetic images).
-        real_labels, syn_labels: int64 ``[N_r]`` / ``[N_s]`` on the images' device.
+        real_labels, syn_labels: int64 ``[N_r]`` / ``[N_s]`` on the images' device, chunk-local: the ``i``-th
+            class of the chunk is label ``i``, and every label in ``[0, len(classes))`` occurs on both sides
+            (a batched loss takes ``num_classes=len(classes), all_present=True``: no host round trip).
     """
 
     real: torch.Tensor
@@ -38,18 +40,29 @@ class ClassBatches:
 def siamese_batches(sampler: RealSampler, classes: Sequence[int], syn: torch.Tensor, labels: torch.Tensor, *,
                     batch_real: int, draw: DrawFn, rng: IterationRng,
                     device: torch.device) -> ClassBatches:
-    """Build :class:`ClassBatches` for ``classes``; class ``c`` draws only from ``rng.for_class(c)``."""
-    real_aug, syn_aug, real_lab, syn_lab = [], [], [], []
+    """Build :class:`ClassBatches` for ``classes``; class ``c`` draws only from ``rng.for_class(c)``.
+
+    ``labels`` (int64 ``[N_s]``, the classes of ``syn``'s rows) should live on the CPU: the rows of each class are
+    found there, and real batches and indices go to ``device`` as non-blocking copies, so on a GPU the only
+    waits are the host's own (no read-back). Raises ValueError if a class has no real or no synthetic sample.
+    """
+    real_aug, syn_aug, real_n, syn_n = [], [], [], []
     shape = tuple(syn.shape[1:])
-    labels = labels.to(syn.device)
+    host_labels = labels.cpu()
     for c in classes:
         generator = rng.for_class(c)
-        real = sampler.sample(c, batch_real, generator).to(device)
+        rows = torch.nonzero(host_labels == c).flatten()
+        real = sampler.sample(c, batch_real, generator).to(device, non_blocking=True)
+        if real.shape[0] == 0 or rows.numel() == 0:
+            raise ValueError(f"class {c} has {real.shape[0]} real and {rows.numel()} synthetic samples in this "
+                             "batch; every distilled class needs both")
         params = draw(real.shape[0], shape, generator)
-        mine = syn[labels == c]
+        mine = syn.index_select(0, rows.to(syn.device, non_blocking=True))
         real_aug.append(apply(real, params))
         syn_aug.append(apply(mine, params))
-        real_lab.append(torch.full((real.shape[0],), c, dtype=torch.int64))
-        syn_lab.append(torch.full((mine.shape[0],), c, dtype=torch.int64))
-    return ClassBatches(torch.cat(real_aug), torch.cat(syn_aug), torch.cat(real_lab).to(device),
-                        torch.cat(syn_lab).to(device))
+        real_n.append(real.shape[0])
+        syn_n.append(rows.numel())
+    local = torch.arange(len(real_n), dtype=torch.int64)
+    return ClassBatches(torch.cat(real_aug), torch.cat(syn_aug),
+                        local.repeat_interleave(torch.tensor(real_n)).to(device, non_blocking=True),
+                        local.repeat_interleave(torch.tensor(syn_n)).to(device, non_blocking=True))

@@ -101,18 +101,23 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     for it in range(start, cfg.iterations):
         if stop_after is not None and it >= stop_after:
             break
-        metrics = step(syn, labels.to(dev), opt, IterationRng(cfg.seed, it))
-        if not math.isfinite(metrics["loss"]) or not torch.isfinite(syn).all():
+        metrics = step(syn, labels, opt, IterationRng(cfg.seed, it))  # labels stay on the host (batches.py)
+        done = it + 1
+        # the loss is read every iteration; the images (a second read-back on a GPU) where they are logged,
+        # saved or returned: a non-finite image makes the next iteration's loss non-finite anyway
+        saving = bool(ckdir is not None and cfg.checkpoint_every
+                      and (done % cfg.checkpoint_every == 0 or done == stop_after))
+        logging = done % cfg.log_every == 0 or done == cfg.iterations
+        if not math.isfinite(metrics["loss"]) or ((saving or logging) and not torch.isfinite(syn).all()):
             raise DistillationError(
                 f"{cfg.method}: NaN/Inf in the loss or synthetic images at iteration {it}; last good "
                 f"checkpoint: {last_good}; lower lr_img and resume"
             )
-        done = it + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
+        if logging:
             history.append([done, metrics["loss"]])
             if log is not None:
                 log(done, metrics)
-        if ckdir is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == stop_after):
+        if saving:
             save_state(ckdir / LOOP_CHECKPOINT, {
                 "iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(), "step": step.state(),
                 "config_digest": cfg.digest(), "history": history,

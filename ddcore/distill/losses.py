@@ -7,7 +7,10 @@ that sums the per-class losses over all classes in one call, in one of two layou
 - stacked: ``real_feat [K, B_r, D]``, ``syn_feat [K, B_s, D]`` (equal batch sizes per class);
 - indexed: ``real_feat [N_r, D]`` with ``real_labels [N_r]`` and ``syn_feat [N_s, D]`` with
   ``syn_labels [N_s]`` (int64 class indices). Classes absent from both sides are skipped; a class
-  present on one side only is an error.
+  present on one side only is an error. With ``all_present=True`` the caller guarantees that every class
+  in ``[0, num_classes)`` has samples on both sides (the distillation steps build such chunk-local labels):
+  the check and the class mask are skipped, so the loss makes no host round trip on a GPU (the check reads
+  counts back; boolean masking needs the mask's size on the host).
 
 Hyper-parameters (curvature, scales, alpha/beta) are keyword-only with no defaults: they come from the
 stage config.
@@ -37,18 +40,24 @@ def _check_feats(real_feat: torch.Tensor, syn_feat: torch.Tensor, ndim: int) -> 
 
 
 def _segment_mean(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class mean of ``x [N, ...]`` -> ``[K, ...]`` (zeros for empty classes)."""
-    counts = torch.bincount(labels, minlength=num_classes).to(x.dtype)
+    """Per-class mean of ``x [N, ...]`` -> ``[K, ...]`` (zeros for empty classes). Counts by ``index_add`` (a CUDA
+    ``bincount`` reads the largest label back to the host)."""
+    counts = x.new_zeros(num_classes).index_add(0, labels, x.new_ones(labels.shape[0]))
     sums = x.new_zeros((num_classes, *x.shape[1:])).index_add(0, labels, x)
     return sums / counts.clamp_min(1).view(-1, *([1] * (x.ndim - 1)))
 
 
 def _present_classes(
-    real_labels: torch.Tensor, syn_labels: torch.Tensor, num_classes: int | None
-) -> tuple[int, torch.Tensor]:
-    """``(K, present [K] bool)``; raises if a class has samples on one side only."""
+    real_labels: torch.Tensor, syn_labels: torch.Tensor, num_classes: int | None, all_present: bool = False
+) -> tuple[int, torch.Tensor | None]:
+    """``(K, present [K] bool)``; raises if a class has samples on one side only. ``all_present``: the caller's
+    guarantee (module doc); returns ``(num_classes, None)`` without reading anything back."""
     if real_labels.ndim != 1 or syn_labels.ndim != 1:
         raise ValueError("real_labels and syn_labels must be 1-d int64 class indices")
+    if all_present:
+        if num_classes is None:
+            raise ValueError("all_present needs num_classes")
+        return num_classes, None
     if num_classes is None:
         num_classes = int(torch.cat((real_labels, syn_labels)).max().item()) + 1
     cr = torch.bincount(real_labels, minlength=num_classes)
@@ -60,6 +69,11 @@ def _present_classes(
         bad = torch.nonzero(pr != ps).flatten().tolist()
         raise ValueError(f"classes {bad[:5]} have real samples or synthetic samples but not both")
     return num_classes, pr
+
+
+def _kept(stat: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """The rows of the present classes (all rows when ``present`` is ``None``)."""
+    return stat if present is None else stat[present]
 
 
 def _indexed(
@@ -103,6 +117,7 @@ def dm_loss_batched(
     real_labels: torch.Tensor | None = None,
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    all_present: bool = False,
 ) -> torch.Tensor:
     """Sum over classes of :func:`dm_loss` (stacked ``[K, B, D]`` or indexed layout, see module doc).
 
@@ -110,10 +125,10 @@ def dm_loss_batched(
         scalar of ``syn_feat``'s dtype.
     """
     if _indexed(real_feat, syn_feat, real_labels, syn_labels):
-        num_classes, present = _present_classes(real_labels, syn_labels, num_classes)
+        num_classes, present = _present_classes(real_labels, syn_labels, num_classes, all_present)
         mr = _segment_mean(real_feat.detach(), real_labels, num_classes)
         ms = _segment_mean(syn_feat, syn_labels, num_classes)
-        return (mr - ms).square().sum(dim=-1)[present].sum()
+        return _kept((mr - ms).square().sum(dim=-1), present).sum()
     return (real_feat.detach().mean(dim=1) - syn_feat.mean(dim=1)).square().sum()
 
 
@@ -159,6 +174,7 @@ def hdd_loss_batched(
     real_labels: torch.Tensor | None = None,
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
+    all_present: bool = False,
 ) -> torch.Tensor:
     """Sum over classes of :func:`hdd_loss` (stacked ``[K, B, D]`` or indexed layout, see module doc).
 
@@ -171,9 +187,9 @@ def hdd_loss_batched(
     xr = expmap0(lift(real_feat.detach()), k=k, clamp_radius=clamp_radius)
     xs = expmap0(lift(syn_feat), k=k, clamp_radius=clamp_radius)
     if indexed:
-        num_classes, present = _present_classes(real_labels, syn_labels, num_classes)
-        cr = rescale_to_hyperboloid(_segment_mean(xr, real_labels, num_classes)[present], k=k)
-        cs = rescale_to_hyperboloid(_segment_mean(xs, syn_labels, num_classes)[present], k=k)
+        num_classes, present = _present_classes(real_labels, syn_labels, num_classes, all_present)
+        cr = rescale_to_hyperboloid(_kept(_segment_mean(xr, real_labels, num_classes), present), k=k)
+        cs = rescale_to_hyperboloid(_kept(_segment_mean(xs, syn_labels, num_classes), present), k=k)
     else:
         cr, cs = centroid(xr, k=k), centroid(xs, k=k)
     return (scale * dist(cr, cs, k=k).sum()).to(syn_feat.dtype)
@@ -284,6 +300,7 @@ def ncfd_batched(
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
     normalize: bool = True,
+    all_present: bool = False,
 ) -> torch.Tensor:
     """Sum over classes of :func:`ncfd` (stacked ``[K, B, D]`` or indexed layout, see module doc).
 
@@ -300,9 +317,9 @@ def ncfd_batched(
     re_r, im_r = _char_fn(real_feat.detach(), t, normalize)
     re_s, im_s = _char_fn(syn_feat, t, normalize)
     if indexed:
-        num_classes, present = _present_classes(real_labels, syn_labels, num_classes)
+        num_classes, present = _present_classes(real_labels, syn_labels, num_classes, all_present)
         stats = [
-            _segment_mean(v, lab, num_classes)[present]
+            _kept(_segment_mean(v, lab, num_classes), present)
             for v, lab in ((re_r, real_labels), (im_r, real_labels), (re_s, syn_labels), (im_s, syn_labels))
         ]
     else:
@@ -323,6 +340,7 @@ def ncfm_loss_batched(
     syn_labels: torch.Tensor | None = None,
     num_classes: int | None = None,
     normalize: bool = True,
+    all_present: bool = False,
 ) -> torch.Tensor:
     """``scale *`` :func:`ncfd_batched`."""
     return scale * ncfd_batched(
@@ -336,4 +354,5 @@ def ncfm_loss_batched(
         syn_labels=syn_labels,
         num_classes=num_classes,
         normalize=normalize,
+        all_present=all_present,
     )

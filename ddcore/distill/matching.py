@@ -98,13 +98,15 @@ class MatchingStep:
         cfg = self.cfg
         reinit_(self.net, int(torch.randint(2**62, (1,), generator=rng.shared).item()))
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for chunk in class_chunks(distilled_classes(cfg, self.sampler.num_classes), cfg.class_chunk):
-            total += self._chunk_loss(chunk, syn, labels, rng)
+            total = total + self._chunk_loss(chunk, syn, labels, rng)
         optimizer.step()
-        return {"loss": total}
+        return {"loss": float(total)}  # the iteration's one read-back
 
-    def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor, rng: IterationRng) -> float:
+    def _chunk_loss(self, chunk: list[int], syn: torch.Tensor, labels: torch.Tensor,
+                    rng: IterationRng) -> torch.Tensor:
+        """The chunk's loss, back-propagated into ``syn.grad``; returned detached (still on the device)."""
         cfg = self.cfg
 
         def draw(n: int, shape: tuple[int, ...], g: torch.Generator) -> DSAParams:
@@ -116,9 +118,9 @@ class MatchingStep:
             fr = embed(self.net, b.real)
         fs = embed(self.net, b.syn)
         loss = self.loss_fn(fr, fs, real_labels=b.real_labels, syn_labels=b.syn_labels,
-                            num_classes=self.sampler.num_classes)
+                            num_classes=len(chunk), all_present=True)
         loss.backward()
-        return float(loss.detach())
+        return loss.detach()
 
 
 def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

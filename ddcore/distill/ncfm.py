@@ -136,14 +136,14 @@ class NCFMStep:
         if len(chunks) == 1:
             loss = self._chunk_loss(chunks[0], xs, ys, t, draw, rng)
             loss.backward()
-            total = float(loss.detach())
+            total = loss.detach()
         else:  # accumulate d(loss)/d(images, t) per chunk, then one backward through decode and ψ
             xs_leaf, t_leaf = xs.detach().requires_grad_(True), t.detach().requires_grad_(t.requires_grad)
-            total = 0.0
+            total = torch.zeros((), device=self.device)
             for chunk in chunks:
                 loss = self._chunk_loss(chunk, xs_leaf, ys, t_leaf, draw, rng)
                 loss.backward()
-                total += float(loss.detach())
+                total = total + loss.detach()
             outputs, grads = [xs], [xs_leaf.grad]
             if t_leaf.grad is not None:
                 outputs.append(t)
@@ -152,7 +152,7 @@ class NCFMStep:
         optimizer.step()
         if self.psi_opt is not None:
             psi_step(self.psi_opt)
-        metrics = {"loss": total}
+        metrics = {"loss": float(total)}  # the iteration's one read-back (two with calibration)
         if final_model is not None and o.calibration_weight > 0:
             metrics["calibration"] = self._calibrate(syn, labels, optimizer, final_model, generator)
         with torch.no_grad():
@@ -169,7 +169,7 @@ class NCFMStep:
             fr = fast_embed(self.net, b.real)
         fs = fast_embed(self.net, b.syn)
         return ncfm_loss_batched(fr, fs, t, alpha=o.alpha, beta=o.beta, scale=o.scale, real_labels=b.real_labels,
-                                 syn_labels=b.syn_labels, num_classes=self.sampler.num_classes,
+                                 syn_labels=b.syn_labels, num_classes=len(chunk), all_present=True,
                                  normalize=o.normalize)
 
     def _pick_net(self, generator: torch.Generator) -> torch.nn.Module | None:
@@ -187,7 +187,8 @@ class NCFMStep:
         xs, ys = self.decoded(syn, labels)
         params = draw_sequence(self.families, batch=xs.shape[0], image_shape=tuple(xs.shape[1:]),
                                generator=generator, siamese=True)
-        ce = self.cfg.ncfm.calibration_weight * F.cross_entropy(model(apply(xs, params)), ys.to(xs.device))
+        target = ys.to(xs.device, non_blocking=True)
+        ce = self.cfg.ncfm.calibration_weight * F.cross_entropy(model(apply(xs, params)), target)
         optimizer.zero_grad(set_to_none=True)
         ce.backward()
         optimizer.step()

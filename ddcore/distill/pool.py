@@ -70,6 +70,7 @@ class FeaturePool:
     def __init__(self, spec: dict, members: list[tuple[StateDict, StateDict]]) -> None:
         self.spec, self.members = spec, members
         self._final_cache: dict[int, nn.Module] = {}
+        self._device_cache: dict[tuple[int, str], tuple[StateDict, StateDict]] = {}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -79,10 +80,21 @@ class FeaturePool:
 
     @torch.no_grad()
     def blend_into(self, net: nn.Module, index: int, lam: float) -> None:
-        """Load ``lam * init + (1 - lam) * final`` of member ``index`` into ``net``."""
-        init, final = self.members[index]
+        """Load ``lam * init + (1 - lam) * final`` of member ``index`` into ``net``, blended on ``net``'s device (the
+        member's weights are copied there once and kept: no host-to-device copy per iteration)."""
+        device = next(net.parameters()).device
+        init, final = self._member_on(index, device)
         net.load_state_dict({k: lam * init[k] + (1 - lam) * final[k] if init[k].is_floating_point() else final[k]
                              for k in final})
+
+    def _member_on(self, index: int, device: torch.device) -> tuple[StateDict, StateDict]:
+        if device.type == "cpu":
+            return self.members[index]
+        key = (index, str(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = tuple({k: v.to(device) for k, v in sd.items()}  # type: ignore[assignment]
+                                            for sd in self.members[index])
+        return self._device_cache[key]
 
     def final_model(self, index: int, device: torch.device) -> nn.Module:
         """Member ``index`` with its trained weights, frozen, in eval mode."""

@@ -50,7 +50,7 @@ def gaussian_frequencies(
         ``[num_freqs, dim]`` of ``dtype``.
     """
     t = torch.randn(num_freqs, dim, generator=generator, device=generator.device, dtype=dtype)
-    return t if device is None else t.to(device)
+    return t if device is None else t.to(device, non_blocking=True)
 
 
 class FrequencySampler(nn.Module):

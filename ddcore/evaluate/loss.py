@@ -122,7 +122,7 @@ class Targets:
         t = self.temperature
         applied = mix is not None and mix.applied
         lam = mix.lam if mix is not None and applied else 1.0
-        partner = idx[mix.perm.to(idx.device)] if mix is not None and applied else idx
+        partner = idx[mix.perm.to(idx.device, non_blocking=True)] if mix is not None and applied else idx
         w_a = self.weights[idx] if self.weights is not None else None
         w_b = self.weights[partner] if self.weights is not None else None
         if self.teacher is not None:

@@ -123,16 +123,16 @@ def train_one_pass(net: nn.Module, optimizer: torch.optim.Optimizer, images: tor
     ``config.batch_size``; returns the mean training loss of the pass (batch losses weighted by size)."""
     n = images.shape[0]
     order = torch.randperm(n, generator=shuffle)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=images.device)
     for start in range(0, n, config.batch_size):
-        idx = order[start : start + config.batch_size].to(images.device)
+        idx = order[start : start + config.batch_size].to(images.device, non_blocking=True)
         x, mix = augment_batch(images[idx], config, augment)
         loss = targets.per_image_loss(net(x), x, idx, mix).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * idx.shape[0]
-    return total / n
+        total = total + loss.detach() * idx.shape[0]
+    return float(total) / n  # one read-back per pass, not per batch
 
 
 def train_and_evaluate(

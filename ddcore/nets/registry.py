@@ -144,7 +144,7 @@ def reinit_(net: nn.Module, seed: int) -> nn.Module:
 
 def _uniform_(param: torch.Tensor, bound: float, gen: torch.Generator) -> None:
     values = torch.empty(param.shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
-    param.copy_(values)
+    param.copy_(values, non_blocking=True)  # pageable host -> device: staged, no device wait
 
 
 def embed_dim(net: nn.Module, channels: int, image_size: int) -> int:
