@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv data demo test test-all lint bench clean
+.PHONY: venv data demo test test-all lint bench clean gpu-wheels gpu-data gpu-check-dry
 
 venv: $(STAMP)
 
@@ -48,3 +48,20 @@ bench: venv data
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# The GPU machine (benchmarks/gpu_check.sh): its image has torch but not these; the venv's versions as Python 3.12
+# x86-64 wheels in .whl/ (pass --wheels .whl), and the four Fashion-MNIST files in .data/fashion-mnist (both ignored).
+GPU_PACKAGES := pydantic pydantic-core annotated-types typing-inspection typing-extensions diffusers \
+	importlib-metadata geoopt webdataset braceexpand
+gpu-wheels: venv
+	rm -rf .whl && $(BIN)/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c "import importlib.metadata as m; \
+		print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_PACKAGES)'.split()))") 2>&1 | grep -v "is ignored" || true
+	@ls .whl
+
+gpu-data: data
+	mkdir -p .data/fashion-mnist && cp $$(ls $(FMNIST_DEB)/*-ubyte.gz 2>/dev/null || ls $(FMNIST_CACHE)/FashionMNIST/raw/*-ubyte.gz) .data/fashion-mnist/
+
+gpu-check-dry: venv data
+	benchmarks/gpu_check.sh --dry-run

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (tests/test_gpu.py)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -22,8 +23,9 @@ FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Auto-skip ``gpu`` tests when CUDA is absent (CI never has it)."""
-    if torch.cuda.is_available():
+    """Auto-skip ``gpu`` tests when CUDA is absent (CI never has it), unless ``DDFLOW_TEST_DEVICE=cpu`` asks to run
+    them on the CPU (``benchmarks/gpu_check.sh --dry-run``)."""
+    if torch.cuda.is_available() or os.environ.get("DDFLOW_TEST_DEVICE") == "cpu":
         return
     skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
     for item in items:

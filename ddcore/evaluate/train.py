@@ -93,12 +93,12 @@ def top1_accuracy(
     (``images``: a tensor, or a :class:`~ddcore.evaluate.test_data.StreamedSplit` read batch by batch)."""
     was_training = net.training
     net.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for xb, yb in split_batches(images, labels, batch_size):
-        x, y = xb.to(device, torch.float32), yb.to(device)
-        correct += int((net(x).argmax(dim=1) == y).sum())
+        x, y = xb.to(device, torch.float32, non_blocking=True), yb.to(device, non_blocking=True)
+        correct = correct + (net(x).argmax(dim=1) == y).sum()
     net.train(was_training)
-    return correct / max(1, images.shape[0])
+    return int(correct) / max(1, images.shape[0])  # one read-back per test pass
 
 
 def augment_batch(x: torch.Tensor, config: EvalConfig,
