@@ -79,7 +79,9 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "pytho
                   "loadavg": os.getloadavg(), "test_device": os.environ["DDFLOW_TEST_DEVICE"]}))
 EOF
 
-step gpu_tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider \
+# -W default: the device image's other torch and package versions may warn where CI's do not; warnings stay
+# errors in CI (pyproject), here they are shown, so that a deprecation does not read as a device failure
+step gpu_tests "${LIMITS[0]}" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -W default \
   --junitxml "$OUT_DIR/gpu_tests.xml"
 step speed "${LIMITS[1]}" "$PY" -m benchmarks.speed --device "$DEV" "${SPEED_ARGS[@]}" --out "$OUT_DIR/speed.json"
 step gpu_distill "${LIMITS[2]}" "$PY" -m benchmarks.gpu_distill --device "$DEV" "${DISTILL_ARGS[@]}" \
