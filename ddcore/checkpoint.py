@@ -8,6 +8,7 @@ state or the new one, never half a file; :func:`load_state` uses ``torch.load(we
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,17 @@ from ddcore.errors import ArtifactError, ConfigError
 
 LOOP_CHECKPOINT = "loop.pt"
 """File name of a loop's state inside its checkpoint folder."""
+
+
+def weights_from_bytes(payload: bytes, *, safetensors: bool) -> Any:
+    """What a weights file's bytes hold, on the CPU: a safetensors file as a dict of tensors, anything else through
+    ``torch.load(weights_only=True)`` (tensors and plain containers only; nothing else is unpickled). Raises what
+    the reader raises (ImportError without the ``safetensors`` package); callers word their own one-line error."""
+    if safetensors:
+        import safetensors.torch as st
+
+        return dict(st.load(payload))
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:

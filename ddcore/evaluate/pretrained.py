@@ -12,7 +12,6 @@ per-crop labels.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ddcore.checkpoint import weights_from_bytes
 from ddcore.config import StageConfig
 from ddcore.errors import WeightsError
 
@@ -80,12 +80,7 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"pretrained teacher weights not found: {p}; set soft_labels.teacher.pretrained.weights "
                            "to a local state-dict file (.pth or .safetensors)")
     try:
-        if p.suffix == ".safetensors":
-            import safetensors.torch as st
-
-            state = dict(st.load(p.read_bytes()))
-        else:
-            state = torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=True)
+        state = weights_from_bytes(p.read_bytes(), safetensors=p.suffix == ".safetensors")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise WeightsError(f"pretrained teacher weights {p} cannot be read ({type(exc).__name__}: {first}); pass a "

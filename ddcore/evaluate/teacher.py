@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ddcore.augment.dsa import DEFAULT_STRATEGY
+from ddcore.checkpoint import weights_from_bytes
 from ddcore.config import StageConfig
 from ddcore.data import storage as fsio
 from ddcore.distill.pool import all_real
@@ -297,15 +298,12 @@ def load_teacher(
 
 
 def _read_state(payload: bytes, name: str) -> dict[str, torch.Tensor]:
-    if name == SAFETENSORS_FILE:
-        st = _safetensors()
-        if st is None:
-            raise TeacherError(f"teacher weights are {SAFETENSORS_FILE} but safetensors is not installed; "
-                               "pip install safetensors")
-        return dict(st.load(payload))
-    if name == TORCH_FILE:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"{TORCH_FILE} holds a {type(state).__name__}, not a state dict")
-        return state
-    raise TypeError(f"unknown weights file {name!r}")
+    if name not in (SAFETENSORS_FILE, TORCH_FILE):
+        raise TypeError(f"unknown weights file {name!r}")
+    if name == SAFETENSORS_FILE and _safetensors() is None:
+        raise TeacherError(f"teacher weights are {SAFETENSORS_FILE} but safetensors is not installed; "
+                           "pip install safetensors")
+    state = weights_from_bytes(payload, safetensors=name == SAFETENSORS_FILE)
+    if not isinstance(state, dict):
+        raise TypeError(f"{name} holds a {type(state).__name__}, not a state dict")
+    return state
