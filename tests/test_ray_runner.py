@@ -116,3 +116,38 @@ def test_ray_runner_with_real_server(tmp_path: Path, toy_env: Path, prefect_serv
             pass
         assert "\n" not in str(err.value)
     assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_tasks_spread_over_a_two_node_ray_cluster(tmp_path: Path, toy_env: Path, prefect_server: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real two-node Ray cluster (``ray.cluster_utils.Cluster``: a head and a worker node, 1 CPU each, both
+    on this machine), two independent stages asking for one CPU each run at once, one per node, and each
+    ``ref.json`` records the Ray node that ran it (issue 16 item 1: the per-task node record)."""
+    import ray
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from ray.cluster_utils import Cluster
+
+    from tasks.runtime.refs import read_record_at
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{REPO}")
+    node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "resources": {"head_node": 1}})
+    try:
+        cluster.add_node(**{k: v for k, v in node_args.items() if k != "include_dashboard"},
+                         resources={"worker_node": 1})
+        cluster.wait_for_nodes()
+        cfg = RunnerConfig(kind="ray", address=cluster.address, num_cpus_per_task=1.0)
+        with temporary_settings({PREFECT_API_URL: prefect_server}), runner_session(cfg) as task_runner:
+            nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            assert len(nodes) == 2 and check_ray_resources(0, 1)["CPU"] == 2
+            out = toy_ray_flow.with_options(task_runner=task_runner)(root=str(tmp_path), runner=cfg.model_dump())
+        assert out["outcomes"] == {"make": "completed", "double": "completed"}
+        store = ArtifactStore(str(tmp_path))
+        ran_on = [read_record_at(store.location("make", key)).node for key in out["keys"][:2]]
+        assert set(ran_on) == nodes  # the two concurrent one-CPU stages took one node each
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()

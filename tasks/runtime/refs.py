@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +87,8 @@ class RefRecord(BaseModel):
         digest_method: ``"dataset"`` (sha256 = ``dataset.json`` digest) or ``"tree"`` (sha256 over the
             sorted ``(relative path, file sha256)`` pairs).
         host: machine that produced it.
+        node: the Ray node id of the worker that ran the stage (``None`` outside Ray): on a cluster of several
+            nodes, where each task ran.
         tracking: ``{"uri", "run_id"}`` of the MLflow run that computed it (empty when untracked); a run
             that finds the output cached links that run instead of logging one.
     """
@@ -108,6 +111,7 @@ class RefRecord(BaseModel):
     files: dict[str, int] = Field(default_factory=dict)
     digest_method: Literal["dataset", "tree"] = "tree"
     host: str = ""
+    node: str | None = None
     tracking: dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -121,6 +125,17 @@ class RefRecord(BaseModel):
 def utc_now() -> str:
     """Current UTC time as ISO-8601 with seconds precision."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on when it is a Ray worker or driver (``None`` without Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - a record without the node beats a failed stage
+        return None
 
 
 def hostname() -> str:

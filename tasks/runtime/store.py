@@ -39,6 +39,7 @@ from tasks.runtime.refs import (
     RefRecord,
     code_version,
     hostname,
+    ray_node_id,
     read_record_at,
     utc_now,
 )
@@ -298,7 +299,7 @@ class ArtifactStore:
             inputs=dict(inputs), code_version=code_version(), started_at=started_at, finished_at=utc_now(),
             duration_s=round(float(duration_s), 3), peak_rss_mb=float(peak_rss_mb), metrics=dict(metrics),
             files=files, digest_method=method,
-            host=hostname(), tracking=dict(tracking or {}),
+            host=hostname(), node=ray_node_id(), tracking=dict(tracking or {}),
         )
         part = fsio.join(tmp, f".{REF_FILE}{fsio.TMP_MARK}")
         with fsio.open_write(fs, part) as f:
