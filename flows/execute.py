@@ -54,7 +54,8 @@ class PlanExecutor:
             cached = self.run.outcomes.get(stage.name) == "cached"
             rec = None if cached else self.run.store.read_record_at(ref.uri)
             self.timeline.append({"name": node.id, "cached": cached, "seconds": round(time.perf_counter() - t0, 3),
-                                  "peak_rss_mb": 0.0 if rec is None else rec.peak_rss_mb})
+                                  "peak_rss_mb": 0.0 if rec is None else rec.peak_rss_mb,
+                                  "node": None if rec is None else rec.node})
             return
         device = "cpu" if node.placement == "cpu" else next(self._devices)
         with stage_options(self.runner, gpu="gpu" in stage.tags):
@@ -71,7 +72,8 @@ class PlanExecutor:
             rec = self.run.store.read_record_at(ref.uri)
             seconds = 0.0 if cached or rec is None else round(rec.duration_s, 3)
             peak = 0.0 if cached or rec is None else rec.peak_rss_mb
-            self.timeline.append({"name": node_id, "cached": cached, "seconds": seconds, "peak_rss_mb": peak})
+            self.timeline.append({"name": node_id, "cached": cached, "seconds": seconds, "peak_rss_mb": peak,
+                                  "node": None if cached or rec is None else rec.node})  # the Ray node, if any
             self.results[node_id] = ref
 
 

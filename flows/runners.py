@@ -47,6 +47,9 @@ class RunnerConfig(StageConfig):
         prefect_api_url: exported as ``PREFECT_API_URL`` when the environment has none (ray).
         include_dashboard: start Ray's dashboard.
         object_store_memory_mb: Ray object store size of a local cluster.
+        spread: place stage tasks with Ray's ``SPREAD`` strategy, across the cluster's nodes, instead of Ray's
+            default (fill the local node first): independent tasks (class groups, evaluation rounds) then run on
+            different nodes even when each is short.
     """
 
     kind: Literal["threads", "ray"] = "threads"
@@ -60,6 +63,7 @@ class RunnerConfig(StageConfig):
     prefect_api_url: str | None = None
     include_dashboard: bool = False
     object_store_memory_mb: int | None = Field(None, ge=64)
+    spread: bool = False
 
 
 def cuda_devices() -> list[str]:
@@ -188,6 +192,8 @@ def stage_options(cfg: RunnerConfig, *, gpu: bool = True) -> AbstractContextMana
     from prefect_ray.context import remote_options
 
     opts: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_task}
+    if cfg.spread:
+        opts["scheduling_strategy"] = "SPREAD"
     if gpu and cfg.num_gpus_per_task > 0:
         opts["num_gpus"] = cfg.num_gpus_per_task
     return remote_options(**opts)

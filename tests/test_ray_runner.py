@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest_plugins = ["orchestration_fixtures"]
 
@@ -151,3 +152,59 @@ def test_tasks_spread_over_a_two_node_ray_cluster(tmp_path: Path, toy_env: Path,
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_pipeline_fans_out_over_two_ray_nodes_and_merges_the_single_node_set(
+        fake_fmnist: Path, tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline on a two-node Ray cluster (1 CPU per node, tasks of 1 CPU, ``runner.spread``): DM's two
+    class-group tasks run one on each node, the evaluation and baseline rounds use both nodes, and the merged
+    set equals the set of the same config run as one task in one process (issue 16 item 1)."""
+    import ray
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from ray.cluster_utils import Cluster
+
+    from ddcore.data.synthetic_io import load_synthetic
+    from flows.distill import run_with_runner
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+name: two-nodes
+ipcs: [2]
+data: {{source: {{kind: fashion_mnist, root: {fake_fmnist}}}, shard_size: 50}}
+methods:
+  dm: {{iterations: 3, width: 8, batch_real: 8, checkpoint_every: 0}}
+evaluation: {{epochs: 2, width: 8, num_eval: 2}}
+tracking: {{enabled: false}}
+""")
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{REPO}")
+    node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    try:
+        cluster.add_node(**node_args)
+        cluster.wait_for_nodes()
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            one = run_with_runner(str(cfg), [], str(tmp_path / "one"))
+            two = run_with_runner(str(cfg), ["class_groups=2", "runner.kind=ray", f"runner.address={cluster.address}",
+                                             "runner.num_cpus_per_task=1", "runner.spread=true"],
+                                 str(tmp_path / "two"))
+            nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]} if ray.is_initialized() else None
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+    def ran_on(summary: dict, prefix: str) -> set[str | None]:
+        return {s["node"] for s in summary["stages"] if s["name"].startswith(prefix)}
+
+    parts = [s for s in two["stages"] if s["name"].startswith("distill/dm/ipc2/classes")]
+    assert len(parts) == 2
+    node_ids = ran_on(two, "distill/dm/ipc2/classes")
+    assert len(node_ids) == 2 and None not in node_ids  # one class group per node
+    assert ran_on(two, "evaluate/dm/ipc2/round") | ran_on(two, "baseline/ipc2/round") == node_ids
+    assert nodes is None or node_ids == nodes
+    a = load_synthetic(next(r["artifact"] for r in one["results"] if r["method"] == "dm"))
+    b = load_synthetic(next(r["artifact"] for r in two["results"] if r["method"] == "dm"))
+    assert torch.equal(a.labels, b.labels)
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-5)
