@@ -187,7 +187,7 @@ def distill(data: DatasetArtifact, method: str | StageConfig, *, ipc: int = 10, 
         how = ", denoiser=..." if "denoiser" in missing else ""
         raise ConfigError(f"{spec.name} needs {', '.join(missing)}; pass latents=prepare_latents(data, DIR{how})")
     inputs = MethodInputs(ArtifactSampler(data, "train"), data, device,
-                          Path(checkpoint_dir) if checkpoint_dir is not None else None, log,
+                          checkpoint_dir, log,
                           **{need: given[need] for need in spec.needs_for(cfg)})
     sset = spec.run(inputs, cfg)
     sset.extra.setdefault("dataset_digest", data.digest)

@@ -1,9 +1,12 @@
-"""Resumable state on disk: written atomically, read back without unpickling.
+"""Resumable state, on a local disk or an object store: written atomically, read back without unpickling.
 
 One helper pair serves every loop that resumes: distillation (``loop.pt``), evaluation runs
-(``loop.pt`` in their own folder), VAE and denoiser training and the NCFM feature pool. :func:`save_state` writes
-to a temporary file beside the target and renames it, so a killed process leaves either the previous
-state or the new one, never half a file; :func:`load_state` uses ``torch.load(weights_only=True)``.
+(``loop.pt`` in their own folder), VAE and denoiser training and the NCFM feature pool. A checkpoint path is a
+local path or an fsspec URL (``s3://bucket/root/_checkpoints/...``): a stage re-run on another machine of a
+cluster that shares the artifact root resumes from the state the first machine left there.
+:func:`save_state` writes a local file to a temporary sibling and renames it, and an object-store file with one
+whole-object put (readers see the previous object or the new one); either way a killed process leaves the
+previous state or the new one, never half a file. :func:`load_state` uses ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ddcore.data import storage
 from ddcore.errors import ArtifactError, ConfigError
 
 LOOP_CHECKPOINT = "loop.pt"
@@ -32,8 +36,19 @@ def weights_from_bytes(payload: bytes, *, safetensors: bool) -> Any:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
-def save_state(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (tensors, numbers, strings, nested dicts/lists) to ``path`` atomically; returns ``path``."""
+def _remote(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> str | Path:
+    """Write ``state`` (tensors, numbers, strings, nested dicts/lists) to ``path`` (local path or fsspec URL)
+    atomically; returns ``path``."""
+    if _remote(path):
+        fs, where = storage.get_fs(path)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        fs.pipe_file(where, buffer.getvalue())  # one put: an object store never shows a partial object
+        return str(path)
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -52,10 +67,21 @@ def load_state(path: str | Path | None, *, what: str = "checkpoint") -> dict[str
         ArtifactError: the file exists but cannot be read as plain tensors and containers (corrupt,
             truncated, or holding pickled objects); the message names ``what`` and says to delete it.
     """
-    if path is None or not Path(path).is_file():
+    if path is None:
         return None
+    if _remote(path):
+        fs, where = storage.get_fs(path)
+        try:
+            payload = fs.cat_file(where)
+        except FileNotFoundError:
+            return None
+        source: Any = io.BytesIO(payload)
+    elif not Path(path).is_file():
+        return None
+    else:
+        source = path
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint must not be trusted
         raise ArtifactError(f"{what} {path} is unreadable ({type(exc).__name__}); delete it to restart") from None
     if not isinstance(state, dict):
@@ -85,6 +111,16 @@ def resume_model(path: str | Path, model: torch.nn.Module, optimizer: torch.opti
     return state
 
 
-def loop_checkpoint(directory: str | Path | None) -> Path | None:
+def checkpoint_file(directory: str | Path | None, name: str) -> str | Path | None:
+    """``directory/name`` (a :class:`~pathlib.Path` for a local folder, a string keeping the URL scheme for an
+    fsspec URL), or ``None`` without a folder."""
+    if directory is None:
+        return None
+    if _remote(directory):
+        return f"{str(directory).rstrip('/')}/{name}"
+    return Path(directory) / name
+
+
+def loop_checkpoint(directory: str | Path | None) -> str | Path | None:
     """``directory/loop.pt``, or ``None`` without a folder."""
-    return None if directory is None else Path(directory) / LOOP_CHECKPOINT
+    return checkpoint_file(directory, LOOP_CHECKPOINT)

@@ -37,7 +37,7 @@ class MethodInputs:
         sampler: the real training images (the whole split, or the core set).
         artifact: the dataset artifact they come from (its meta: classes, shape, mean/std, digest).
         device: torch device for networks and images.
-        checkpoint_dir: a local folder for resumable state (``None``: no checkpoints).
+        checkpoint_dir: a folder (local path or fsspec URL) for resumable state (``None``: no checkpoints).
         log: ``(step, metrics)`` progress callback.
         latents, vae, denoiser: the latent artifact URI, the VAE folder and the denoiser folder (methods that
             need them).
@@ -46,7 +46,7 @@ class MethodInputs:
     sampler: RealSampler
     artifact: DatasetArtifact | None = None
     device: str = "cpu"
-    checkpoint_dir: Path | None = None
+    checkpoint_dir: str | Path | None = None
     log: LogFn | None = None
     latents: str | None = None
     vae: str | None = None

@@ -22,7 +22,7 @@ def train_denoiser_stage(inputs: dict[str, ArtifactRef], config: DenoiserConfig,
     """Train the denoiser on ``inputs["latents"]`` into ``out``; returns the final loss, counts and digest."""
     t0 = time.perf_counter()
     lat = open_latents(inputs["latents"].uri)
-    digest, stats = fit_denoiser(lat, config, out, checkpoint_dir=ctx.local_checkpoint_dir, device=ctx.device,
+    digest, stats = fit_denoiser(lat, config, out, checkpoint_dir=ctx.checkpoint_dir, device=ctx.device,
                                  progress=lambda epoch, m: (ctx.log_metrics(epoch, m),
                                                             ctx.progress(epoch + 1, config.epochs, "epochs", **m)))
     return {"seconds": time.perf_counter() - t0, "final_loss": stats.epoch_loss[-1] if stats.epoch_loss else 0.0,

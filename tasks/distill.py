@@ -95,7 +95,7 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
 
     budget = {"cache_mb": config.real_cache_mb} if hasattr(config, "real_cache_mb") else {}
     sampler = ArtifactSampler(art, "train", keep=keep, **budget)
-    sset = method.run(MethodInputs(sampler, art, ctx.device, ctx.local_checkpoint_dir,
+    sset = method.run(MethodInputs(sampler, art, ctx.device, ctx.checkpoint_dir,
                                    log, **given), config)
     sset.extra.update(dataset_digest=art.digest, core_set=inputs["features"].sha256 if keep is not None else None)
     part = f"-classes{config.classes[0]}-{config.classes[-1]}" if getattr(config, "classes", None) else ""

@@ -90,7 +90,7 @@ def _aggregate(inputs: dict[str, ArtifactRef], num_eval: int, eval_digest: str) 
 
 
 def _checkpoint(ctx: StageContext, every: int) -> EpochCheckpoint | None:
-    return EpochCheckpoint(ctx.local_checkpoint_dir, every) if every else None
+    return EpochCheckpoint(ctx.checkpoint_dir, every) if every else None
 
 
 def _teacher(inputs: dict[str, ArtifactRef], wanted: bool, num_classes: int, image_shape: tuple[int, ...],

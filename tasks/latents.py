@@ -149,7 +149,7 @@ def _subset(art: DatasetArtifact, cfg: VAEConfig) -> list[np.ndarray] | None:
 
 def train_vae_stage(inputs: dict[str, ArtifactRef], config: VAEConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
-    _, digest = train_or_load_vae(inputs["dataset"].uri, config, out, checkpoint_dir=ctx.local_checkpoint_dir,
+    _, digest = train_or_load_vae(inputs["dataset"].uri, config, out, checkpoint_dir=ctx.checkpoint_dir,
                                   device=ctx.device, log=lambda step, m: (ctx.log_metrics(step, m),
                                                                           ctx.progress(step + 1, config.epochs,
                                                                                        "epochs", **m)))

@@ -43,7 +43,7 @@ def teacher_stage(inputs: dict[str, ArtifactRef], config: TeacherConfig, out: st
 
     net, metrics = train_teacher((train_x, train_y), test_x, test_y, config=config, num_classes=k,
                                  device=ctx.device, progress=progress,
-                                 checkpoint=EpochCheckpoint(ctx.local_checkpoint_dir, every=5))
+                                 checkpoint=EpochCheckpoint(ctx.checkpoint_dir, every=5))
     acc = float(metrics["test_acc"])
     ctx.log_metrics(config.epochs, {"teacher_test_acc": acc})
     ctx.logger.info("train_teacher: %s test accuracy %.4f on %s after %d epochs (%d train images)",

@@ -59,13 +59,26 @@ def test_loss_decreases(sampler: TensorSampler, method: str, lr: float) -> None:
     assert after < 0.9 * before, (before, after)
 
 
-@pytest.mark.parametrize("method", ["dm", "hdd", "ncfm"])
-def test_resume_equals_uninterrupted(sampler: TensorSampler, method: str, tmp_path: Path) -> None:
-    """Stopping after 2 iterations and resuming from the checkpoint gives bit-identical images."""
+@pytest.mark.parametrize(("method", "where"), [("dm", "local"), ("hdd", "local"), ("ncfm", "local"),
+                                               ("ncfm", "object store")])
+def test_resume_equals_uninterrupted(sampler: TensorSampler, method: str, where: str, tmp_path: Path) -> None:
+    """Stopping after 2 iterations and resuming from the checkpoint gives bit-identical images, with the
+    checkpoint in a local folder or under an fsspec URL (``memory://`` standing in for an object store: what a
+    stage re-run on another node reads)."""
+    import fsspec
+
     cfg = tiny(method)
     full = distill(sampler, cfg)
-    distill(sampler, cfg, checkpoint_dir=tmp_path, stop_after=2)
-    resumed = distill(sampler, cfg, checkpoint_dir=tmp_path)
+    ck = str(tmp_path) if where == "local" else f"memory://resume-{tmp_path.name}/_checkpoints/distill/k"
+    try:
+        distill(sampler, cfg, checkpoint_dir=ck, stop_after=2)
+        if where != "local":
+            saved = fsspec.filesystem("memory").ls(ck.split("://")[1], detail=False)
+            assert [p.rsplit("/", 1)[1] for p in saved] == ["loop.pt"]
+        resumed = distill(sampler, cfg, checkpoint_dir=ck)
+    finally:
+        if where != "local":
+            fsspec.filesystem("memory").rm(f"/resume-{tmp_path.name}", recursive=True)
     assert torch.equal(full.images, resumed.images)
     assert full.extra["loss_history"] == resumed.extra["loss_history"]
 

@@ -144,3 +144,38 @@ def test_marker_lock_of_dead_pid_is_recovered_and_live_one_waited(caplog: pytest
             pass
     finally:
         fs.rm("/ddflow-lock-test", recursive=True)
+
+
+def test_marker_lock_heartbeat_keeps_a_held_lock_fresh_and_a_silent_nodes_lock_expires(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Object-store locks are leases: the holder rewrites its marker every quarter of ``stale_lock_s``, so a
+    lock held for several times ``stale_lock_s`` never looks stale; a marker from another machine (whose pid
+    cannot be checked) is waited for while it is fresh and taken over once it has gone silent for
+    ``stale_lock_s`` (a node that died mid-stage)."""
+    from tasks.runtime.locks import _is_stale
+
+    fs = fsspec.filesystem("memory")
+    store = ArtifactStore("memory://ddflow-lease-test", lock_timeout=0.3, stale_lock_s=0.4)
+    path = "/ddflow-lease-test/_locks/s/0123456789abcdef0123.lock"
+    try:
+        with store.lock("s", "0123456789abcdef0123"):
+            first = json.loads(fs.cat_file(path))
+            time.sleep(1.2)
+            now = json.loads(fs.cat_file(path))
+            assert now["token"] == first["token"] and now["time"] > first["time"]
+            assert not _is_stale({**now, "host": "elsewhere"}, 0.4)
+        assert not fs.exists(path)
+
+        other = {"pid": 1, "host": "gpu-node-7", "since": "then", "token": "t"}
+        with fs.open(path, "wb") as f:
+            f.write(json.dumps({**other, "time": time.time() + 5}).encode())  # fresh: a live holder elsewhere
+        with pytest.raises(LockTimeoutError, match="pid 1 on gpu-node-7"), store.lock("s", "0123456789abcdef0123"):
+            pass
+        with fs.open(path, "wb") as f:
+            f.write(json.dumps({**other, "time": time.time() - 1.0}).encode())  # silent for longer than 0.4 s
+        with caplog.at_level("WARNING", logger="ddflow.store"), store.lock("s", "0123456789abcdef0123"):
+            assert json.loads(fs.cat_file(path))["host"] == socket.gethostname()
+        assert any("stale lock left by pid 1 on gpu-node-7" in r.getMessage() for r in caplog.records)
+    finally:
+        if fs.exists("/ddflow-lease-test"):
+            fs.rm("/ddflow-lease-test", recursive=True)

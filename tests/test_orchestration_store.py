@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ddcore.errors import ArtifactError
 from tasks.runtime.refs import ArtifactRef, RefRecord
@@ -227,15 +228,26 @@ def test_memory_store_through_the_same_code(toy_env: Path) -> None:
         fsspec.filesystem("memory").rm("/ddflow-test-store", recursive=True)
 
 
-def test_loops_get_a_local_checkpoint_folder_for_any_root(tmp_path: Path) -> None:
-    """A stage's torch.save loops get a real local folder: the checkpoint folder itself for a local root, a
-    per-(stage, key) scratch folder for a remote one (never a relative 'memory:/...' path in the cwd)."""
-    from tasks.runtime.stage import StageContext
+def test_checkpoints_of_a_remote_root_live_under_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote root's checkpoint folder is a URL under the root: state saved there is read back from the store
+    (what another node sees), nothing lands in a local scratch or a relative 'memory:/...' folder in the cwd."""
+    import fsspec
 
-    local = StageContext(stage="distill", key="k" * 20, checkpoint_dir=str(tmp_path / "ck"), device="cpu", seed=0)
-    assert local.local_checkpoint_dir == tmp_path / "ck"
-    remote = StageContext(stage="distill", key="k" * 20, checkpoint_dir="memory://r/_checkpoints/distill/" + "k" * 20,
-                          device="cpu", seed=0)
-    path = remote.local_checkpoint_dir
-    assert path.is_absolute() and path.is_dir() and path.parts[-2:] == ("distill", "k" * 20)
-    assert not Path("memory:").exists()
+    from ddcore.checkpoint import load_state, loop_checkpoint, save_state
+
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore("memory://ck-root")
+    try:
+        ck = store.checkpoint_dir("distill", "a" * 20)
+        assert ck == "memory://ck-root/_checkpoints/distill/" + "a" * 20
+        save_state(loop_checkpoint(ck), {"iteration": 4, "images": torch.ones(2, 3)})
+        assert fsspec.filesystem("memory").exists(f"/ck-root/_checkpoints/distill/{'a' * 20}/loop.pt")
+        back = load_state(loop_checkpoint(ck))
+        assert back is not None and back["iteration"] == 4 and torch.equal(back["images"], torch.ones(2, 3))
+        assert load_state(loop_checkpoint(store.checkpoint_dir("distill", "b" * 20))) is None
+        store.clear_checkpoint("distill", "a" * 20)
+        assert load_state(loop_checkpoint(ck)) is None
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if fsspec.filesystem("memory").exists("/ck-root"):
+            fsspec.filesystem("memory").rm("/ck-root", recursive=True)

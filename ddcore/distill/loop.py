@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from ddcore.checkpoint import LOOP_CHECKPOINT, load_state, loop_checkpoint, save_state
+from ddcore.checkpoint import load_state, loop_checkpoint, save_state
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
@@ -42,8 +42,8 @@ class DistillStep(Protocol):
     """
 
     @classmethod
-    def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None = None,
-              pool: FeaturePool | None = None) -> DistillStep: ...
+    def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
+              checkpoint_dir: str | Path | None = None, pool: FeaturePool | None = None) -> DistillStep: ...
     def initial(self, images: torch.Tensor) -> torch.Tensor: ...
     def optimizer(self, syn: torch.Tensor) -> torch.optim.Optimizer: ...
     def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -78,18 +78,18 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
             good checkpoint).
     """
     dev = torch.device(device)
-    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     classes = distilled_classes(cfg, sampler.num_classes)
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.ipc)
     images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, seed=cfg.seed, classes=classes)
-    step = STEPS[cfg.method].build(sampler, cfg, dev, ckdir, pool)
+    step = STEPS[cfg.method].build(sampler, cfg, dev, checkpoint_dir, pool)
     syn = step.initial(images).to(dev).requires_grad_(True)
     opt = step.optimizer(syn)
     start, history = 0, []
-    state = load_state(loop_checkpoint(ckdir))
+    state = load_state(loop_checkpoint(checkpoint_dir))
     if state is not None and state.get("config_digest") != cfg.digest():
         _LOG.warning("checkpoint in %s was written by another config (digest %s, this run %s); starting from "
-                     "iteration 0 and overwriting it", ckdir, str(state.get("config_digest"))[:12], cfg.digest()[:12])
+                     "iteration 0 and overwriting it", checkpoint_dir, str(state.get("config_digest"))[:12],
+                     cfg.digest()[:12])
         state = None
     if state is not None:
         with torch.no_grad():
@@ -97,7 +97,7 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
         opt.load_state_dict(state["optimizer"])
         step.load_state(state.get("step", {}))
         start, history = int(state["iteration"]), list(state.get("history", []))
-    last_good = "none" if ckdir is None or start == 0 else str(ckdir)
+    last_good = "none" if checkpoint_dir is None or start == 0 else str(checkpoint_dir)
     for it in range(start, cfg.iterations):
         if stop_after is not None and it >= stop_after:
             break
@@ -105,7 +105,7 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
         done = it + 1
         # the loss is read every iteration; the images (a second read-back on a GPU) where they are logged,
         # saved or returned: a non-finite image makes the next iteration's loss non-finite anyway
-        saving = bool(ckdir is not None and cfg.checkpoint_every
+        saving = bool(checkpoint_dir is not None and cfg.checkpoint_every
                       and (done % cfg.checkpoint_every == 0 or done == stop_after))
         logging = done % cfg.log_every == 0 or done == cfg.iterations
         if not math.isfinite(metrics["loss"]) or ((saving or logging) and not torch.isfinite(syn).all()):
@@ -118,11 +118,11 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
             if log is not None:
                 log(done, metrics)
         if saving:
-            save_state(ckdir / LOOP_CHECKPOINT, {
+            save_state(loop_checkpoint(checkpoint_dir), {
                 "iteration": done, "images": syn.detach().cpu(), "optimizer": opt.state_dict(), "step": step.state(),
                 "config_digest": cfg.digest(), "history": history,
                 "rng": {"scheme": ITERATION_SCHEME, "seed": cfg.seed}})
-            last_good = str(ckdir)
+            last_good = str(checkpoint_dir)
     return _result(sampler, cfg, step, syn.detach().cpu(), labels, history)
 
 

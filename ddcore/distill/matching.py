@@ -67,7 +67,7 @@ class MatchingStep:
 
     @classmethod
     def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
-              checkpoint_dir: Path | None = None, pool: object = None) -> MatchingStep:
+              checkpoint_dir: str | Path | None = None, pool: object = None) -> MatchingStep:
         """The step of a DM/HDD run (no pool, nothing to restore from ``checkpoint_dir``)."""
         del checkpoint_dir, pool
         return cls(sampler, cfg, device)

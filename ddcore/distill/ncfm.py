@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ddcore.augment.dsa import IDC_STRATEGY, DSAParams, apply, draw_sequence, parse_strategy
+from ddcore.checkpoint import checkpoint_file
 from ddcore.distill.batches import siamese_batches
 from ddcore.distill.config import DistillConfig, distilled_classes
 from ddcore.distill.init import decode_factor
@@ -69,7 +70,7 @@ class NCFMStep:
 
     @classmethod
     def build(cls, sampler: RealSampler, cfg: DistillConfig, device: torch.device,
-              checkpoint_dir: Path | None = None, pool: FeaturePool | None = None) -> NCFMStep:
+              checkpoint_dir: str | Path | None = None, pool: FeaturePool | None = None) -> NCFMStep:
         """The step of an NCFM run, with its pretrained pool when ``ncfm.pool.num_models > 0``: ``pool`` when
         given, else the one saved in ``checkpoint_dir`` by an earlier attempt, else trained now (and saved there)."""
         return cls(sampler, cfg, device, _pool(sampler, cfg, device, checkpoint_dir, pool))
@@ -198,17 +199,16 @@ class NCFMStep:
 POOL_FILE = "pool.pt"
 
 
-def _pool(sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: Path | None,
+def _pool(sampler: RealSampler, cfg: DistillConfig, device: torch.device, checkpoint_dir: str | Path | None,
           pool: FeaturePool | None) -> FeaturePool | None:
     o = cfg.ncfm.pool
     if o.num_models == 0 or pool is not None:
         return pool
-    cached = checkpoint_dir / POOL_FILE if checkpoint_dir else None
-    if cached is not None and cached.is_file():
-        return FeaturePool.load(cached)
+    cached = checkpoint_file(checkpoint_dir, POOL_FILE)
+    if cached is not None and (saved := FeaturePool.saved(cached)) is not None:
+        return saved
     made = train_pool(sampler, num_models=o.num_models, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
                       seed=o.seed, network=cfg.network, width=cfg.width, depth=cfg.depth, device=device)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
         made.save(cached)
     return made

@@ -110,11 +110,17 @@ class FeaturePool:
         save_state(path, {"spec": self.spec, "members": [{"init": i, "final": f} for i, f in self.members]})
 
     @classmethod
-    def load(cls, path: str | Path) -> FeaturePool:
+    def saved(cls, path: str | Path) -> FeaturePool | None:
+        """The pool saved at ``path`` (local path or fsspec URL), or ``None`` when nothing is saved there."""
         data = load_state(path, what="feature pool")
-        if data is None:
+        return None if data is None else cls(data["spec"], [(m["init"], m["final"]) for m in data["members"]])
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeaturePool:
+        pool = cls.saved(path)
+        if pool is None:
             raise ArtifactError(f"feature pool {path} does not exist; train the pool again (rerun the stage)")
-        return cls(data["spec"], [(m["init"], m["final"]) for m in data["members"]])
+        return pool
 
 
 def train_pool(sampler: RealSampler, *, num_models: int, epochs: int, lr: float, batch_size: int, seed: int,

@@ -39,7 +39,7 @@ Progress = Callable[[int, int, float], None]
 class EpochCheckpoint:
     """Where and how often (in passes) an evaluation run saves its state; ``every = 0`` only resumes."""
 
-    directory: Path
+    directory: str | Path
     every: int = 50
 
 

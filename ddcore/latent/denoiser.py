@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from ddcore.checkpoint import resume_model, save_state
+from ddcore.checkpoint import checkpoint_file, resume_model, save_state
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.pushforward import SCHEDULERS, pad_to_factor, save_denoiser
@@ -236,7 +236,7 @@ def train_denoiser(
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     key = hashlib.sha256(f"{cfg.model_copy(update={'epochs': 0}).digest()}:{src.digest}".encode()).hexdigest()
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    ckpt = checkpoint_file(checkpoint_dir, CHECKPOINT_NAME)
     state = _resume(ckpt, unet, opt, key) if ckpt is not None else None
     hist: list[float] = list(state["history"]) if state else []
     start = int(state["epoch"]) if state else 0

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ddcore.checkpoint import resume_model, save_state
+from ddcore.checkpoint import checkpoint_file, resume_model, save_state
 from ddcore.config import StageConfig
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.folders import (
@@ -299,7 +299,7 @@ def train_vae(
     p = _param(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     key = cfg.model_copy(update={"epochs": 0}).digest()
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    ckpt = checkpoint_file(checkpoint_dir, CHECKPOINT_NAME)
     state = _resume(ckpt, vae, opt, key) if ckpt is not None else None
     hist = state["history"] if state else {"loss": [], "recon": [], "kl": []}
     start = int(state["epoch"]) if state else 0

@@ -4,9 +4,13 @@
   dies, so a lock left by a killed process is recovered at once; an ``.owner`` file next to the lock
   names the holder (pid, host) for the "waiting for ..." message.
 * Other fsspec filesystems (``memory://``, object stores): a marker file holding ``{pid, host,
-  token, time}``. A marker whose holder is a dead pid on this host, or older than ``stale_after_s``,
-  is removed and taken over. This is best effort (object stores have no atomic create-if-absent);
-  threads of one process are additionally serialised by an in-process lock.
+  token, time}`` that the holder rewrites (a heartbeat, every ``stale_after_s / 4``) for as long as it holds
+  the lock. A marker whose holder is a dead pid on this host, or whose last heartbeat is older than
+  ``stale_after_s``, is removed and taken over: a stage whose node died (another machine, so its pid cannot
+  be checked) is taken over by a retry elsewhere within ``stale_after_s``, while a long stage on a live node
+  keeps its lock however long it runs. This is best effort (object stores have no atomic create-if-absent;
+  the hosts' clocks are assumed to agree to well under ``stale_after_s``); threads of one process are
+  additionally serialised by an in-process lock.
 """
 
 from __future__ import annotations
@@ -139,13 +143,31 @@ def marker_lock(fs: Any, path: str, *, timeout: float | None, stale_after_s: flo
                     "wait for that run to finish or stop it"
                 )
             time.sleep(min(1.0, poll_s * 4))
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(fs, path, info, stop, stale_after_s / 4),
+                                name=f"ddflow-lock-heartbeat:{what}", daemon=True)
+        beat.start()
         try:
             yield
         finally:
+            stop.set()
+            beat.join()
             if (_read_marker(fs, path) or {}).get("token") == token:
                 fsio.remove_quietly(fs, path)
     finally:
         plock.release()
+
+
+def _heartbeat(fs: Any, path: str, info: dict[str, Any], stop: threading.Event, every_s: float) -> None:
+    """Refresh the marker's ``time`` every ``every_s`` while it is still ours (until ``stop`` is set)."""
+    while not stop.wait(every_s):
+        if (_read_marker(fs, path) or {}).get("token") != info["token"]:
+            return  # taken over (we were presumed dead): never overwrite the new holder's marker
+        try:
+            with fsio.open_write(fs, path) as f:
+                f.write(json.dumps({**info, "time": time.time()}).encode())
+        except OSError as exc:  # the store is unreachable for a moment: the next beat tries again
+            log.warning("lock heartbeat of %s failed (%s); retrying", path, exc)
 
 
 def _read_marker(fs: Any, path: str) -> dict[str, Any] | None:

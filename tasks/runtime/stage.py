@@ -92,8 +92,9 @@ class StageContext:
 
     Attributes:
         stage, key: the stage name and stage key.
-        checkpoint_dir: URI of a folder for resumable state; it survives failures and is removed once
-            the stage has been published.
+        checkpoint_dir: URI of a folder for resumable state, under the store's root (an object-store URL for a
+            remote root, so a stage re-run on another node resumes there); it survives failures and is removed
+            once the stage has been published.
         device: ``"cuda:N"`` or ``"cpu"``; the stage must put its tensors there.
         seed: ``config.seed`` when the config has one, else a number derived from the stage key.
         attempt: 0, or the number of out-of-memory retries so far.
@@ -112,19 +113,6 @@ class StageContext:
     label: str | None = None
     _progress: StageProgress | None = field(default=None, repr=False)
     _started: float = field(default_factory=time.monotonic, repr=False)  # elapsed/ETA count from the stage's start
-
-    @property
-    def local_checkpoint_dir(self) -> Path:
-        """A local folder for loops that save with ``torch.save``: ``checkpoint_dir`` itself for a local
-        store; for a remote store (``s3://`` ...) a scratch folder ``<tmp>/ddflow-checkpoints/<stage>/<key>``
-        on this machine, so a retry on the same machine still resumes."""
-        if "://" not in self.checkpoint_dir:
-            return Path(self.checkpoint_dir)
-        import tempfile
-
-        path = Path(tempfile.gettempdir()) / "ddflow-checkpoints" / self.stage / self.key
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking)."""

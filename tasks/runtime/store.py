@@ -65,11 +65,12 @@ class ArtifactStore:
             recomputed), ``"quick"`` (file sizes only, plus the dataset manifest digest), ``"full"``
             (every byte re-hashed, datasets included) or ``"none"`` (``ref.json`` present).
         lock_timeout: seconds to wait for another process computing the same key (``None`` = forever).
-        stale_lock_s: object stores only: a lock marker older than this is taken over.
+        stale_lock_s: object stores only: a lock whose holder has not refreshed its marker for this long
+            (a dead node; live holders refresh it every quarter of this) is taken over.
     """
 
     def __init__(self, root: str | Path, *, verify: Verify = "auto", lock_timeout: float | None = None,
-                 stale_lock_s: float = 6 * 3600.0) -> None:
+                 stale_lock_s: float = 120.0) -> None:
         text = str(root)
         if "://" not in text:
             text = str(Path(text).expanduser().resolve())
