@@ -88,8 +88,11 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
     given = {need: inputs[need].uri for need in needs}
     iterations = getattr(config, "iterations", None)  # DM/HDD/NCFM log iterations, DDOQ/D4M finished classes
     total, unit = (iterations, "iterations") if iterations else (art.meta.num_classes, "classes")
+    resumed = {"resumed_from": 0}  # the iteration a checkpoint (of an earlier attempt, any node) let this one start at
 
     def log(it: int, m: dict) -> None:
+        if "resumed_from" in m:
+            resumed["resumed_from"] = int(m["resumed_from"])
         ctx.log_metrics(it, m)
         ctx.progress(it, total, unit, **m)
 
@@ -105,7 +108,7 @@ def distill_stage(inputs: dict[str, ArtifactRef], config: StageConfig, out: str,
                       source, ctx)
     hist = sset.extra.get("loss_history") or [[0, 0.0]]
     return {"seconds": time.perf_counter() - t0, "n_images": int(sset.images.shape[0]),
-            "final_loss": float(hist[-1][1]), **(method.metrics(sset) if method.metrics else {})}
+            "final_loss": float(hist[-1][1]), **resumed, **(method.metrics(sset) if method.metrics else {})}
 
 
 DISTILL = make_stage_task("distill", distill_stage, "synthetic", retries=1, tags=("gpu",))

@@ -84,7 +84,7 @@ def publish(fs: fsspec.AbstractFileSystem, tmp: str, final: str, *, marker: str)
         if rel != marker:
             fs.mv(entry, join(final, rel))
     fs.mv(join(tmp, marker), join(final, marker))
-    fs.rm(tmp, recursive=True)
+    remove_quietly(fs, tmp)  # an object store has no empty folders: the prefix is usually gone already
 
 
 def _replace_dir(tmp: str, final: str) -> None:

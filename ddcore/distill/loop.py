@@ -69,7 +69,8 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
         device: torch device for networks and images.
         checkpoint_dir: where loop state is saved every ``cfg.checkpoint_every`` iterations and
             resumed from; ``None`` disables checkpointing.
-        log: called with ``(iteration, metrics)`` every ``cfg.log_every`` iterations.
+        log: called with ``(iteration, metrics)`` every ``cfg.log_every`` iterations, and once with
+            ``(start, {"resumed_from": start})`` when the run resumes from a checkpoint at iteration ``start``.
         stop_after: stop (after checkpointing) once this many iterations are done; for tests of resume.
         pool: a pretrained NCFM feature pool (trained here when configured and not given).
 
@@ -97,6 +98,9 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
         opt.load_state_dict(state["optimizer"])
         step.load_state(state.get("step", {}))
         start, history = int(state["iteration"]), list(state.get("history", []))
+        _LOG.info("resuming from the checkpoint in %s at iteration %d", checkpoint_dir, start)
+        if log is not None:
+            log(start, {"resumed_from": float(start)})
     last_good = "none" if checkpoint_dir is None or start == 0 else str(checkpoint_dir)
     for it in range(start, cfg.iterations):
         if stop_after is not None and it >= stop_after:
