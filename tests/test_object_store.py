@@ -158,3 +158,77 @@ def test_an_s3_root_holds_every_artifact_and_a_killed_distillation_resumes_from_
     assert '"ingest"' in lineage.stdout and s3_root in lineage.stdout
     left = [p for p in s3().find(bucket) if "/_checkpoints/" in p or "/_locks/" in p or ".tmp-" in p]
     assert left == []
+
+
+def stage_refs(root: str) -> dict[str, bytes]:
+    """Every published ``ref.json`` in the store, by path, with its bytes."""
+    fs = s3()
+    return {p: fs.cat_file(p) for p in fs.glob(f"{root.removeprefix('s3://')}/*/*/ref.json")}
+
+
+def node_running(cluster, pid: int):  # noqa: ANN001, ANN201 - ray.cluster_utils types
+    """The worker node of ``cluster`` whose raylet is an ancestor of process ``pid``."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.worker_nodes}
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    raise AssertionError("the distillation is not running on a worker node")
+
+
+@pytest.mark.slow
+def test_losing_the_worker_node_mid_distillation_loses_no_stage(
+        s3_root: str, fake_fmnist: Path, tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray cluster (a head without CPUs, two one-CPU worker nodes with distinct custom resources) runs the
+    pipeline with the artifact root on S3. When the distillation has checkpointed iteration 4, the node running it
+    is lost (its task process and the node's raylet SIGKILLed, the node removed): Ray re-runs the task on the
+    other node, which takes over the dead holder's lock and resumes from the checkpoint in the bucket, so the run
+    finishes; every stage finished before the loss keeps its published record byte for byte (0 stages lost),
+    1 iteration (the 5th) is computed again, and a next run is all cached. (The nodes share this host, so the
+    lock of the dead holder is taken over at once by its pid; across hosts its lease expires after
+    ``stale_lock_s`` without heartbeats: tests/test_orchestration_concurrency.py.)"""
+    from ray.cluster_utils import Cluster
+
+    cfg = write_config(tmp_path / "c.yaml", fake_fmnist)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("DDFLOW_FAULT_SLEEP", "distill:step5:15")  # a window to lose the node in, every attempt
+    store_mb = 80 * 1024 * 1024
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "object_store_memory": store_mb, "include_dashboard": False})
+    proc = None
+    try:
+        for name in ("node_a", "node_b"):
+            cluster.add_node(num_cpus=1, object_store_memory=store_mb, resources={name: 1})
+        cluster.wait_for_nodes()
+        ray_args = ["--set", "runner.kind=ray", "--set", f"runner.address={cluster.address}",
+                    "--set", "runner.num_cpus_per_task=1"]
+        log = open(tmp_path / "run.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen([*DDFLOW, "run", str(cfg), "--root", s3_root, *ray_args], cwd=tmp_path,
+                                env=run_env(tmp_path / "prefect"), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        wait_for_checkpoint(s3_root, 4, proc)
+        before = stage_refs(s3_root)
+        marker = s3().glob(f"{s3_root.removeprefix('s3://')}/_locks/distill/*.lock")
+        holder = json.loads(s3().cat_file(marker[0]))["pid"]
+        lost = node_running(cluster, holder)
+        survivor = next(n for n in cluster.worker_nodes if n is not lost)
+        os.kill(holder, signal.SIGKILL)  # the machine is gone: its processes too, not only its raylet
+        cluster.remove_node(lost, allow_graceful=False)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-4000:]
+        log.close()
+        first = summary(s3_root)
+        again = subprocess.run([*DDFLOW, "run", str(cfg), "--root", s3_root, *ray_args], cwd=tmp_path,
+                               env=run_env(tmp_path / "prefect"), capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        cluster.shutdown()
+    assert before and all(stage_refs(s3_root).get(path) == data for path, data in before.items())  # 0 stages lost
+    distill = next(s for s in first["stages"] if s["name"] == "distill/dm/ipc2")
+    assert not distill["cached"] and distill["node"] == survivor.node_id != lost.node_id
+    row = next(r for r in first["results"] if r["method"] == "dm")
+    ref = json.loads(s3().cat_file(f"{row['artifact'].removeprefix('s3://')}/ref.json"))
+    assert ref["metrics"]["resumed_from"] == 4  # iterations 1..4 from the bucket; the 5th, lost with the node, again
+    assert all(s["cached"] for s in summary(s3_root)["stages"])

@@ -157,9 +157,10 @@ def test_tasks_spread_over_a_two_node_ray_cluster(tmp_path: Path, toy_env: Path,
 @pytest.mark.slow
 def test_a_pipeline_fans_out_over_two_ray_nodes_and_merges_the_single_node_set(
         fake_fmnist: Path, tmp_path: Path, prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline on a two-node Ray cluster (1 CPU per node, tasks of 1 CPU, ``runner.spread``): DM's two
-    class-group tasks run one on each node, the evaluation and baseline rounds use both nodes, and the merged
-    set equals the set of the same config run as one task in one process (issue 16 item 1)."""
+    """The pipeline on a two-node Ray cluster (1 CPU and a distinct custom resource per node, tasks of 1 CPU,
+    ``runner.spread``): DM's two class-group tasks run one on each node (the head and the worker, told apart by
+    their custom resources), the evaluation and baseline rounds use both nodes, and the merged set equals the set
+    of the same config run as one task in one process (issue 16 item 1)."""
     import ray
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from ray.cluster_utils import Cluster
@@ -179,17 +180,21 @@ tracking: {{enabled: false}}
 """)
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{REPO}")
+    # every class group and round waits 3 s before it starts, so the ones submitted together overlap: Ray's
+    # SPREAD alone does not promise a second node to a task submitted after the first one has finished
+    monkeypatch.setenv("DDFLOW_FAULT_SLEEP", "distill:before:3,evaluate_round:before:3,baseline_round:before:3")
     node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**node_args, "include_dashboard": False, "resources": {"head_node": 1}})
     try:
-        cluster.add_node(**node_args)
+        cluster.add_node(**node_args, resources={"worker_node": 1})
         cluster.wait_for_nodes()
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             one = run_with_runner(str(cfg), [], str(tmp_path / "one"))
             two = run_with_runner(str(cfg), ["class_groups=2", "runner.kind=ray", f"runner.address={cluster.address}",
                                              "runner.num_cpus_per_task=1", "runner.spread=true"],
                                  str(tmp_path / "two"))
-            nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]} if ray.is_initialized() else None
+        nodes = {cluster.head_node.node_id: "head_node", next(iter(cluster.worker_nodes)).node_id: "worker_node"}
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -203,7 +208,7 @@ tracking: {{enabled: false}}
     node_ids = ran_on(two, "distill/dm/ipc2/classes")
     assert len(node_ids) == 2 and None not in node_ids  # one class group per node
     assert ran_on(two, "evaluate/dm/ipc2/round") | ran_on(two, "baseline/ipc2/round") == node_ids
-    assert nodes is None or node_ids == nodes
+    assert node_ids == set(nodes)  # the head (custom resource head_node) and the worker (worker_node)
     a = load_synthetic(next(r["artifact"] for r in one["results"] if r["method"] == "dm"))
     b = load_synthetic(next(r["artifact"] for r in two["results"] if r["method"] == "dm"))
     assert torch.equal(a.labels, b.labels)
