@@ -232,3 +232,17 @@ def test_losing_the_worker_node_mid_distillation_loses_no_stage(
     ref = json.loads(s3().cat_file(f"{row['artifact'].removeprefix('s3://')}/ref.json"))
     assert ref["metrics"]["resumed_from"] == 4  # iterations 1..4 from the bucket; the 5th, lost with the node, again
     assert all(s["cached"] for s in summary(s3_root)["stages"])
+
+
+def test_listings_of_the_shared_root_are_never_cached(s3_root: str) -> None:
+    """What another machine publishes is visible at once to a long-lived process (a Ray worker, ``ddflow
+    serve``) that listed the same folder before: the store's filesystem keeps no listing cache for shared
+    stores (s3fs caches listings by default)."""
+    from tasks.runtime.store import ArtifactStore
+
+    store = ArtifactStore(s3_root)
+    store.fs.pipe_file(store._p("distill", "a" * 20, "ref.json"), b"{}")
+    assert store.fs.ls(store._p("distill"), detail=False) == [store._p("distill", "a" * 20)]
+    s3().pipe_file(store._p("distill", "b" * 20, "ref.json"), b"{}")  # another node publishes
+    assert len(store.fs.ls(store._p("distill"), detail=False)) == 2
+    assert store.fs.isdir(store._p("distill", "b" * 20))

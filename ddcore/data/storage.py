@@ -34,8 +34,13 @@ def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     """
     text = str(uri)
     proto = text.split("::")[-1].split("://", 1)[0]
+    # other machines write to a shared store: a cached listing would hide their outputs (and their locks)
+    shared = "://" in text and "::" not in text and proto not in ("file", "local", "memory")
     try:
-        fs, path = fsspec.core.url_to_fs(text)
+        try:
+            fs, path = fsspec.core.url_to_fs(text, **({"use_listings_cache": False} if shared else {}))
+        except TypeError:  # a filesystem without listings (or without that option)
+            fs, path = fsspec.core.url_to_fs(text)
     except ImportError as exc:
         raise ArtifactError(f"cannot open {text}: the {proto!r} filesystem needs an optional package ({exc}); "
                             "install it in the ddflow environment or use a local path") from None
