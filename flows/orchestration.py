@@ -33,6 +33,7 @@ from ddcore.errors import ConfigError
 from flows.roots import default_root  # noqa: F401 - re-exported: flows and tests import it from here
 from tasks.runtime.refs import ArtifactRef
 from tasks.runtime.stage import StageError
+from tasks.runtime.stop import clear_stop, request_stop
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
 
@@ -72,6 +73,7 @@ class PipelineRun:
         self._results: dict[int, ArtifactRef] = {}
 
     def __enter__(self) -> PipelineRun:
+        clear_stop()
         self.tracker.start()
         self.tracker.start_run(self.run_name, params={"store_root": self.store.root, **self.params},
                                tags={"ddflow.force": ",".join(sorted(self.force)), **self.tags})
@@ -79,6 +81,8 @@ class PipelineRun:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):  # SIGTERM (Prefect), Ctrl-C, cancel
+            request_stop(f"the run received {exc_type.__name__}")  # running stages end at their next report
         self.tracker.end_run(failed=exc_type is not None)
 
     # -- running stages --------------------------------------------------------------------

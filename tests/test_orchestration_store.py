@@ -12,7 +12,8 @@ import torch
 
 from ddcore.errors import ArtifactError
 from tasks.runtime.refs import ArtifactRef, RefRecord
-from tasks.runtime.stage import StageError, is_transient, run_stage
+from tasks.runtime.stage import StageError, run_stage
+from tasks.runtime.stage_errors import is_transient
 from tasks.runtime.store import ArtifactStore
 
 pytest_plugins = ["orchestration_fixtures"]

@@ -22,7 +22,8 @@ from prefect.cache_policies import CachePolicy
 
 from ddcore.config import StageConfig
 from tasks.runtime.refs import ArtifactRef
-from tasks.runtime.stage import Stage, is_transient
+from tasks.runtime.stage import Stage
+from tasks.runtime.stage_errors import is_transient
 from tasks.runtime.store import ArtifactStore
 from tasks.runtime.tracking import Tracker
 

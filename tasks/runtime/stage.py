@@ -18,7 +18,6 @@ k and after. Declaring a stage imports nothing of Prefect: the direct executor
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -31,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from ddcore.config import StageConfig
-from ddcore.errors import DDFlowError
 from ddcore.threads import stage_threads, torch_threads
 from tasks.runtime.memory import PeakMemory
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.refs import ArtifactKind, ArtifactRef, utc_now
+from tasks.runtime.stage_errors import StageError
 from tasks.runtime.stage_run import StageRun
+from tasks.runtime.stop import check_stop
 from tasks.runtime.store import REF_FILE, ArtifactStore
 from tasks.runtime.tracking import Tracker
 
@@ -56,34 +56,8 @@ def _forget_inherited_thread_exit_hooks() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited_thread_exit_hooks)
 
-_NON_TRANSIENT_OS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 FAULT_ENV = "DDFLOW_FAULT"
 FAULT_SLEEP_ENV = "DDFLOW_FAULT_SLEEP"
-
-
-class StageError(DDFlowError):
-    """A stage function failed; names the stage and keeps the original exception as ``cause``."""
-
-    def __init__(self, message: str, *, stage: str = "", key: str = "", cause: BaseException | None = None,
-                 transient: bool = False) -> None:
-        super().__init__(message)
-        self.stage, self.key, self.cause, self.transient = stage, key, cause, transient
-
-    @classmethod
-    def wrap(cls, stage: str, key: str, exc: BaseException) -> StageError:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return cls(f"stage '{stage}' failed: {type(exc).__name__}: {first} (key {key}; finished stages stay "
-                   "cached, fix the cause and run again)", stage=stage, key=key, cause=exc,
-                   transient=is_transient(exc))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_stage_error, (str(self), self.stage, self.key, self.cause, self.transient))
-
-
-def _rebuild_stage_error(message: str, stage: str, key: str, cause: BaseException | None,
-                         transient: bool) -> StageError:
-    return StageError(message, stage=stage, key=key, cause=cause, transient=transient)
 
 
 @dataclass
@@ -115,17 +89,27 @@ class StageContext:
     _started: float = field(default_factory=time.monotonic, repr=False)  # elapsed/ETA count from the stage's start
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking)."""
+        """Record numeric ``metrics`` at ``step`` (batched to MLflow; a no-op without tracking).
+
+        Raises:
+            StageStopped: the run was stopped (:mod:`tasks.runtime.stop`); the checkpoint stays for the next run.
+        """
         if self.run is not None:
             self.run.log_metrics(step, metrics)
         fault_point(self.stage, f"step{int(step)}")
+        check_stop(self.stage, self.key)
 
     def progress(self, done: int, total: int, unit: str = "steps", **metrics: Any) -> None:
         """Report that ``done`` of ``total`` units are finished (a log line every few seconds, a Prefect
-        progress artifact, the terminal's bar: :mod:`tasks.runtime.progress`)."""
+        progress artifact, the terminal's bar: :mod:`tasks.runtime.progress`).
+
+        Raises:
+            StageStopped: the run was stopped (:mod:`tasks.runtime.stop`); the checkpoint stays for the next run.
+        """
         if self._progress is None:
             self._progress = StageProgress(self.label or self.stage, self.logger, started=self._started)
         self._progress.update(int(done), int(total), unit, **metrics)
+        check_stop(self.stage, self.key)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Attach a local file (image, report) to the stage's MLflow run."""
@@ -316,19 +300,6 @@ def free_cuda_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying as is: connection/timeouts and I/O errors other than missing/forbidden paths."""
-    if isinstance(exc, StageError):
-        return exc.transient
-    if isinstance(exc, DDFlowError):
-        return False
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return False  # a full disk does not empty itself between retries
-    return isinstance(exc, OSError) and not isinstance(exc, _NON_TRANSIENT_OS)
 
 
 # -- stage declarations ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from faultkit import error_lines, fingerprint, invoke, temp_leftovers  # noqa: E
 from orchestration_fixtures import REPO  # noqa: E402,F401 - sets PREFECT_HOME before prefect is imported
 
 from ddcore.data import storage  # noqa: E402
-from tasks.runtime.stage import is_transient  # noqa: E402
+from tasks.runtime.stage_errors import is_transient  # noqa: E402
 
 NO_SPACE = re.compile(r"no space left on device while writing .+; free space there or choose another --out / --root")
 
