@@ -22,7 +22,7 @@ import torch
 from ddcore.data.artifact import DatasetArtifact
 from ddcore.data.loader import ArtifactSampler
 from ddcore.errors import WeightsError
-from ddcore.latent.folders import check_model_folder, folder_digest, save_folder_atomic
+from ddcore.latent.folders import check_model_folder, folder_digest, is_remote, local_folder, save_folder_atomic
 from ddcore.latent.identity import CLASS_NAME, is_identity_folder
 from ddcore.latent.shards import encode_dataset
 from ddcore.latent.vae import VAEConfig, build_vae, load_pretrained_vae, train_vae
@@ -43,10 +43,11 @@ def _training_record(cfg: VAEConfig, dataset_digest: str) -> dict[str, Any]:
     return {"dataset_digest": dataset_digest, "config_digest": cfg.digest(), "config": cfg.model_dump(mode="json")}
 
 
-def _trained_here(out_dir: Path, record: dict[str, Any]) -> bool:
+def _trained_here(out_dir: str | Path, record: dict[str, Any]) -> bool:
     try:
-        found = json.loads((out_dir / TRAINING_RECORD).read_text())
-        check_model_folder(out_dir, class_name=CLASS_NAME if is_identity_folder(out_dir) else "AutoencoderKL")
+        with local_folder(out_dir) as here:
+            found = json.loads((here / TRAINING_RECORD).read_text())
+            check_model_folder(here, class_name=CLASS_NAME if is_identity_folder(here) else "AutoencoderKL")
     except (OSError, ValueError, WeightsError):
         return False
     return all(found.get(k) == record[k] for k in ("dataset_digest", "config_digest"))
@@ -61,7 +62,8 @@ def train_or_load_vae(
     device: str | torch.device = "cpu",
     log: EpochLog | None = None,
 ) -> tuple[AutoencoderKL, str]:
-    """Obtain the VAE and leave it in ``out_dir`` (a local diffusers folder); returns ``(vae, digest)``.
+    """Obtain the VAE and leave it in ``out_dir`` (a diffusers folder: a local path or an fsspec URL); returns
+    ``(vae, digest)``.
 
     - ``cfg.source='pretrained'``: ``config.json`` and the weights file of ``cfg.pretrained_path`` are
       copied byte for byte into ``out_dir`` (atomically) and loaded; the digest is
@@ -76,11 +78,11 @@ def train_or_load_vae(
 
     The returned VAE is in eval mode on ``device``.
     """
-    out = Path(out_dir)
+    out = out_dir if is_remote(out_dir) else Path(out_dir)
     if cfg.source == "pretrained":
         src = Path(str(cfg.pretrained_path)).expanduser()
         weights = check_model_folder(src, class_name="AutoencoderKL")
-        if src.resolve() != out.resolve():
+        if is_remote(out) or src.resolve() != Path(out).resolve():
             def copy(tmp: Path) -> None:
                 for f in (src / "config.json", weights):
                     shutil.copyfile(f, tmp / f.name)
@@ -128,10 +130,10 @@ def encode_latents_stage(
     ``latents_per_s`` counts only the latents encoded by this call.
     """
     art = DatasetArtifact.open(dataset_uri)
-    vae = load_pretrained_vae(vae_dir).to(device).eval()
+    with local_folder(vae_dir) as local_vae:
+        vae, vae_digest = load_pretrained_vae(local_vae).to(device).eval(), folder_digest(local_vae)
     meta = encode_dataset(art, vae, out, split=split, batch_size=batch_size, dtype=dtype, shard_size=shard_size,
-                          work_dir=checkpoint_dir, vae_digest=folder_digest(vae_dir), overwrite=True,
-                          progress=progress)
+                          work_dir=checkpoint_dir, vae_digest=vae_digest, overwrite=True, progress=progress)
     secs = float(meta.run["seconds"])
     enc = int(meta.run["encoded"])
     return {"n": int(meta.counts["total"]), "encoded": enc, "reused_shards": int(meta.run["reused_shards"]),

@@ -180,11 +180,29 @@ def test_plan_has_train_denoiser_only_when_a_method_sets_pushforward(tmp_path: P
     assert "train_denoiser" not in plain.ids and "denoiser" not in plain.node("distill/ddoq/ipc1").inputs
 
 
-def test_vae_latents_denoiser_and_ddoq_pushforward_through_run_stage(fake_fmnist: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["local", "object store"])
+def test_vae_latents_denoiser_and_ddoq_pushforward_through_run_stage(fake_fmnist: Path, tmp_path: Path,
+                                                                     where: str) -> None:
     """ingest -> train_vae -> encode_latents -> train_denoiser (1 epoch, 7x7 latents padded to 8x8) -> distill
     DDOQ with pushforward at IPC 1, each through run_stage: finite images in [0, 1], the pushforward's settings,
-    seed and denoiser digest in extra; strength 0 gives the plain decoded set."""
-    store = ArtifactStore(tmp_path / "store")
+    seed and denoiser digest in extra; strength 0 gives the plain decoded set. The same chain runs on a store
+    under an fsspec URL (``memory://`` standing in for S3): the model folders diffusers writes and reads locally
+    are uploaded to and read back from the store."""
+    if where == "local":
+        store = ArtifactStore(tmp_path / "store")
+    else:
+        import fsspec
+
+        store = ArtifactStore(f"memory://den-{tmp_path.name}")
+        request_cleanup = fsspec.filesystem("memory")
+    try:
+        _latent_chain(store, fake_fmnist)
+    finally:
+        if where != "local" and request_cleanup.exists(f"/den-{tmp_path.name}"):
+            request_cleanup.rm(f"/den-{tmp_path.name}", recursive=True)
+
+
+def _latent_chain(store: ArtifactStore, fake_fmnist: Path) -> None:
     ingest_cfg = IngestConfig.from_mapping({"source": {"kind": "fashion_mnist", "root": str(fake_fmnist)},
                                             "shard_size": 64})
     data = run_stage(store, "ingest", ingest_stage, {}, ingest_cfg, "dataset", device="cpu")

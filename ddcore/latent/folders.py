@@ -1,5 +1,9 @@
-"""Local model folders and weights: validate a diffusers ``save_pretrained`` folder (``config.json`` +
+"""Model folders and weights: validate a diffusers ``save_pretrained`` folder (``config.json`` +
 weights, safetensors header checked) without touching the hub, load it, digest it, and replace it atomically.
+
+diffusers reads and writes local folders only. A folder under an object-store root (``s3://...``: a run on
+several machines) is read through :func:`local_folder` (a temporary local copy) and written by
+:func:`save_folder_atomic` to a local temporary folder that is then uploaded file by file.
 
 Used by the VAE (:mod:`ddcore.latent.vae`), the pushforward models and the latent stage. Problems with a
 folder raise a one-line :class:`~ddcore.errors.WeightsError` naming the path and the fix.
@@ -13,10 +17,12 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ddcore.data import storage
 from ddcore.errors import WeightsError
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -90,8 +96,33 @@ def load_model_folder(cls: Any, path: str | Path, *, what: str) -> Any:
     return model.eval()
 
 
+def is_remote(folder: str | Path) -> bool:
+    """Whether ``folder`` is an fsspec URL (``s3://...``) rather than a local path."""
+    return "://" in str(folder)
+
+
+@contextmanager
+def local_folder(folder: str | Path) -> Iterator[Path]:
+    """A local path holding the files of ``folder``: the folder itself when local; for an fsspec URL, a
+    temporary copy (removed on exit; empty when nothing is stored there)."""
+    if not is_remote(folder):
+        yield Path(folder).expanduser()
+        return
+    fs, base = storage.get_fs(folder)
+    base = base.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="ddflow-model-") as tmp:
+        for path in fs.find(base):
+            dest = Path(tmp, path[len(base) + 1:])
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(dest))
+        yield Path(tmp)
+
+
 def folder_digest(folder: str | Path) -> str:
     """sha256 over ``relative_path NUL sha256(file) LF`` for every file, sorted by path."""
+    if is_remote(folder):
+        with local_folder(folder) as copy:
+            return folder_digest(copy)
     root = Path(folder)
     outer = hashlib.sha256()
     for f in sorted(q for q in root.rglob("*") if q.is_file()):
@@ -105,7 +136,19 @@ def folder_digest(folder: str | Path) -> str:
 
 def save_folder_atomic(folder: str | Path, write: Callable[[Path], None]) -> str:
     """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``folder`` by rename (replacing an old folder);
-    a crash leaves either the old folder or the new one, never a half-written one. Returns the digest."""
+    a crash leaves either the old folder or the new one, never a half-written one. Returns the digest.
+
+    ``folder`` may be an fsspec URL: ``write`` then fills a local temporary folder whose files are uploaded
+    one by one (not atomic by itself: a pipeline stage writes into the store's temporary output, which the
+    store publishes atomically)."""
+    if is_remote(folder):
+        fs, base = storage.get_fs(folder)
+        with tempfile.TemporaryDirectory(prefix="ddflow-model-") as tmp:
+            write(Path(tmp))
+            digest = folder_digest(tmp)
+            for f in sorted(q for q in Path(tmp).rglob("*") if q.is_file()):
+                fs.put_file(str(f), storage.join(base, f.relative_to(tmp).as_posix()))
+        return digest
     dest = Path(folder)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))

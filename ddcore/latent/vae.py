@@ -42,7 +42,9 @@ from ddcore.latent.folders import (
     WEIGHT_FILES,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
     check_model_folder,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
     folder_digest,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
+    is_remote,
     load_model_folder,
+    local_folder,
     save_folder_atomic,
 )
 from ddcore.latent.identity import IdentityAutoencoder, is_identity_folder
@@ -153,7 +155,10 @@ def build_vae(cfg: VAEConfig, channels: int, image_size: int | tuple[int, int]) 
 def load_pretrained_vae(path: str | Path) -> AutoencoderKL:
     """Load an ``AutoencoderKL`` from a local folder (never the hub; sets ``HF_HUB_OFFLINE=1`` unless
     the user set it), or the identity autoencoder from a folder that names it. Missing / incomplete /
-    corrupt folders raise one-line :class:`WeightsError`."""
+    corrupt folders raise one-line :class:`WeightsError`. An fsspec URL is read through a local copy."""
+    if is_remote(path):
+        with local_folder(path) as copy:
+            return load_pretrained_vae(copy)
     if is_identity_folder(path):
         return load_model_folder(IdentityAutoencoder, path, what="VAE")
     return load_model_folder(import_diffusers().AutoencoderKL, path, what="VAE")
