@@ -3,6 +3,10 @@
 Every stage is a cached Prefect task keyed on (stage, config, upstream digests, version), so a
 re-run executes only stages whose inputs changed or that failed, and ``force`` recomputes named
 stages plus everything downstream. The flow writes ``<root>/runs/<name>/summary.json``.
+
+``distill_flow`` runs its stages on the flow's default task runner; :func:`distill_on_runner` (the entrypoint
+of the ``imagenet1k-ray`` deployment) first opens the runner the config's ``runner`` section names (threads,
+or a connection to a Ray cluster) and runs ``distill_flow`` on it as a subflow.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
@@ -21,7 +25,7 @@ from flows.config import RunConfig, load_config
 from flows.execute import PlanExecutor
 from flows.orchestration import PipelineRun, default_root
 from flows.plan import INGEST, STAGES, build_plan, expand_force
-from flows.runners import RunnerConfig, cuda_devices, runner_session
+from flows.runners import RunnerConfig, cuda_devices, describe_ray_cluster, runner_session
 from tasks.report import read_report
 from tasks.runtime.mlflow_client import flatten
 from tasks.runtime.refs import ArtifactRef
@@ -102,4 +106,38 @@ def run_with_runner(config_path: str, overrides: list[str] | None = None, root: 
         return distill_flow.with_options(task_runner=task_runner)(config_path, overrides, root, force)
 
 
-__all__ = ["STAGES", "distill_flow", "load_config", "run_config"]
+@flow(name="ddflow-distill-on-runner", log_prints=True)
+def distill_on_runner(config_path: str, overrides: list[str] | None = None, root: str | None = None,
+                      force: list[str] | None = None) -> dict[str, Any]:
+    """The pipeline on the task runner its config names: what a deployment onto a Ray cluster calls.
+
+    Opens :func:`~flows.runners.runner_session` on the config's ``runner`` section (for ``ray``: connects to
+    ``runner.address``, where ``auto`` means ``$RAY_ADDRESS`` or the cluster started on this machine, and refuses
+    an unreachable head or missing GPUs in one line), logs the cluster, then runs :func:`distill_flow` on that
+    runner as a subflow, so stage tasks execute on the cluster's nodes. Same parameters as ``distill_flow``.
+    """
+    cfg = load_config(config_path, overrides)
+    runner = default_runner(cfg.runner)
+    logger = get_run_logger()
+    with runner_session(runner) as task_runner:
+        if runner.kind == "ray":
+            logger.info("%s; artifact root: %s", describe_ray_cluster(), default_root(root))
+            if warning := shared_root_warning(default_root(root)):
+                logger.warning(warning)
+        else:
+            logger.info("runner: threads in this process (runner.kind=ray runs the stages on a Ray cluster)")
+        return distill_flow.with_options(task_runner=task_runner)(config_path, overrides, root, force)
+
+
+def shared_root_warning(root: str) -> str | None:
+    """A warning when a multi-node Ray cluster writes to a local-path root: right only when every node mounts
+    it at that path (a shared filesystem); ``None`` for URLs and one-node clusters."""
+    import ray
+
+    if "://" in root or sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+        return None
+    return (f"artifact root {root} is a local path: every Ray node must mount it at that path (a shared "
+            "filesystem); otherwise pass root=s3://bucket/prefix or set DDFLOW_ROOT")
+
+
+__all__ = ["STAGES", "distill_flow", "distill_on_runner", "load_config", "run_config"]

@@ -12,12 +12,15 @@
     refuses when ``ray.cluster_resources()["GPU"]`` is below ``num_gpus_per_task``;
   - without ``PREFECT_API_URL`` every Ray worker starts its own temporary Prefect server: kind ``ray``
     requires a real server (``prefect server start``) and exports its URL before ``ray.init`` so the
-    workers inherit it.
+    workers inherit it;
+  - ``ray.init`` on an address nobody answers retries for minutes: :func:`check_ray_reachable` tries a TCP
+    connection to the head first (``runner.address``, or ``RAY_ADDRESS`` for ``auto``).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
@@ -157,11 +160,87 @@ def check_ray_resources(num_gpus_per_task: float, num_cpus_per_task: float = 0.0
     return resources
 
 
+def ray_endpoint(address: str | None) -> tuple[str, int] | None:
+    """The ``(host, port)`` that ``ray.init(address=address)`` contacts, or ``None`` when Ray resolves it itself.
+
+    ``None`` / ``auto`` take ``RAY_ADDRESS`` when it is set (as Ray does); without it, ``auto`` is left to Ray
+    (the cluster started with ``ray start`` on this machine) and ``None`` starts a local cluster.
+    ``ray://host:port`` (Ray Client) gives ``host:port`` too.
+
+    Raises:
+        RunnerError: the address is not ``host:port``.
+    """
+    addr = address
+    if addr in (None, "auto"):
+        addr = os.environ.get("RAY_ADDRESS") or addr
+    if addr is None or addr in ("auto", "local"):
+        return None
+    hostport = addr.split("://", 1)[1] if "://" in addr else addr
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RunnerError(f"Ray address {addr!r} is not host:port; use e.g. runner.address=10.0.0.1:6379, "
+                          "ray://10.0.0.1:10001 or auto")
+    return host.strip("[]"), int(port)
+
+
+def check_ray_reachable(address: str | None, *, timeout: float = 5.0) -> None:
+    """Refuse, in one line and within ``timeout`` seconds, a Ray head that does not accept connections
+    (``ray.init`` would retry for minutes); a no-op when Ray resolves or starts the cluster itself.
+
+    Raises:
+        RunnerError: nothing listens at the head's address.
+    """
+    target = ray_endpoint(address)
+    if target is None:
+        return
+    host, port = target
+    from_env = address in (None, "auto") and bool(os.environ.get("RAY_ADDRESS"))
+    origin = f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}" if from_env else f"runner.address={address}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RunnerError(f"no Ray cluster answers at {host}:{port} ({origin}: {reason}); start the head there with "
+                          f"'ray start --head --port {port}' or point runner.address / RAY_ADDRESS at a running "
+                          "head") from None
+
+
+def connect_ray(cfg: RunnerConfig) -> None:
+    """``ray.init`` for ``cfg`` (after :func:`check_ray_reachable`); Ray's connection errors become one line.
+
+    Raises:
+        RunnerError: the head is unreachable, or ``auto`` finds no cluster.
+    """
+    import ray
+
+    check_ray_reachable(cfg.address)
+    try:
+        ray.init(address=cfg.address, namespace="prefect", **ray_init_kwargs(cfg))
+    except ConnectionError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunnerError(f"cannot connect to a Ray cluster (runner.address={cfg.address}): {first.rstrip('.')}; "
+                          "run 'ray start --head' on the head node, or export RAY_ADDRESS=<head-host>:6379") from None
+
+
+def describe_ray_cluster() -> str:
+    """One line on the connected Ray cluster: live nodes, CPUs, GPUs and custom resources."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = {k: float(v) for k, v in ray.cluster_resources().items()}
+    builtin = {"CPU", "GPU", "memory", "object_store_memory"}
+    custom = sorted(k for k in res if k not in builtin and not k.startswith("node:"))
+    extra = f", resources {', '.join(f'{k}={res[k]:g}' for k in custom)}" if custom else ""
+    return f"Ray cluster: {len(nodes)} node(s), {res.get('CPU', 0.0):g} CPU, {res.get('GPU', 0.0):g} GPU{extra}"
+
+
 @contextmanager
 def runner_session(cfg: RunnerConfig) -> Iterator[Any]:
     """Set up and yield the task runner for ``cfg``; for ``ray``: check the API URL, start or connect to
-    Ray (workers inherit ``PREFECT_API_URL``), refuse impossible GPU requests, and shut Ray down on exit
-    when this session started it. Use: ``with runner_session(cfg) as tr: my_flow.with_options(task_runner=tr)(...)``.
+    Ray (workers inherit ``PREFECT_API_URL``; an unreachable head is refused in one line), refuse impossible
+    GPU requests, and shut Ray down on exit when this session started it.
+    Use: ``with runner_session(cfg) as tr: my_flow.with_options(task_runner=tr)(...)``.
     """
     if cfg.kind == "threads":
         if cfg.gpu_concurrency is not None:
@@ -173,7 +252,7 @@ def runner_session(cfg: RunnerConfig) -> Iterator[Any]:
     require_api_url(cfg)
     started = False
     if not ray.is_initialized():
-        ray.init(address=cfg.address, namespace="prefect", **ray_init_kwargs(cfg))
+        connect_ray(cfg)
         started = True
     try:
         check_ray_resources(cfg.num_gpus_per_task, cfg.num_cpus_per_task)

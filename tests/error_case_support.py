@@ -273,6 +273,13 @@ def _idx_incomplete(tmp: Path) -> Case:
     return Case(args=["ingest", str(tmp / "fm"), "--out", str(tmp / "out")])
 
 
+def _ray_unreachable() -> None:
+    """Connect to a Ray head at a port nobody listens on."""
+    from flows.runners import check_ray_reachable
+
+    check_ray_reachable(f"127.0.0.1:{_free_port()}")
+
+
 def _free_port() -> int:
     import socket
 

@@ -37,6 +37,7 @@ from error_case_support import (  # noqa: F401 - run_config is re-exported for t
     _npz,
     _npz_run,
     _pt,
+    _ray_unreachable,
     _run,
     _set_meta,
     _shards,
@@ -173,6 +174,7 @@ CASES: dict[str, CaseFn] = {
     "weights-denoiser": lambda t, f: Case(call=lambda: _broken_denoiser(t)),
     "weights-teacher-missing": lambda t, f: Case(call=lambda: _load_teacher(t / "no-teacher")),
     "runner-ray-gpus": lambda t, f: Case(call=lambda: _fake_ray(cpus=2.0, gpus=0.0)),
+    "runner-ray-unreachable": lambda t, f: Case(call=_ray_unreachable),
     "runner-lock-timeout": lambda t, f: Case(call=lambda: _lock_timeout(t)),
     # distillation and stages
     "distill-nan": lambda t, f: _run(t, f, "methods: {dm: {iterations: 30, width: 8, lr_img: 1.0e+38, "
