@@ -36,14 +36,10 @@ def weights_from_bytes(payload: bytes, *, safetensors: bool) -> Any:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
-def _remote(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
 def save_state(path: str | Path, state: dict[str, Any]) -> str | Path:
     """Write ``state`` (tensors, numbers, strings, nested dicts/lists) to ``path`` (local path or fsspec URL)
     atomically; returns ``path``."""
-    if _remote(path):
+    if storage.is_url(path):
         fs, where = storage.get_fs(path)
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -69,7 +65,7 @@ def load_state(path: str | Path | None, *, what: str = "checkpoint") -> dict[str
     """
     if path is None:
         return None
-    if _remote(path):
+    if storage.is_url(path):
         fs, where = storage.get_fs(path)
         try:
             payload = fs.cat_file(where)
@@ -116,8 +112,8 @@ def checkpoint_file(directory: str | Path | None, name: str) -> str | Path | Non
     fsspec URL), or ``None`` without a folder."""
     if directory is None:
         return None
-    if _remote(directory):
-        return f"{str(directory).rstrip('/')}/{name}"
+    if storage.is_url(directory):
+        return storage.join(str(directory), name)
     return Path(directory) / name
 
 

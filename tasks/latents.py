@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ddcore.data import storage as fsio
 from ddcore.data.artifact import DatasetArtifact
 from ddcore.data.loader import ArtifactSampler
 from ddcore.errors import WeightsError
-from ddcore.latent.folders import check_model_folder, folder_digest, is_remote, local_folder, save_folder_atomic
+from ddcore.latent.folders import check_model_folder, folder_digest, local_folder, save_folder_atomic
 from ddcore.latent.identity import CLASS_NAME, is_identity_folder
 from ddcore.latent.shards import encode_dataset
 from ddcore.latent.vae import VAEConfig, build_vae, load_pretrained_vae, train_vae
@@ -78,18 +79,19 @@ def train_or_load_vae(
 
     The returned VAE is in eval mode on ``device``.
     """
-    out = out_dir if is_remote(out_dir) else Path(out_dir)
+    out = out_dir if fsio.is_url(out_dir) else Path(out_dir)
     if cfg.source == "pretrained":
         src = Path(str(cfg.pretrained_path)).expanduser()
         weights = check_model_folder(src, class_name="AutoencoderKL")
-        if is_remote(out) or src.resolve() != Path(out).resolve():
+        digest = None
+        if fsio.is_url(out) or src.resolve() != Path(out).resolve():
             def copy(tmp: Path) -> None:
                 for f in (src / "config.json", weights):
                     shutil.copyfile(f, tmp / f.name)
 
-            save_folder_atomic(out, copy)
+            digest = save_folder_atomic(out, copy)
         vae = load_pretrained_vae(out)
-        return vae.to(device).eval(), folder_digest(out)
+        return vae.to(device).eval(), digest or folder_digest(out)
     art = DatasetArtifact.open(dataset_uri)
     record = _training_record(cfg, art.digest)
     if _trained_here(out, record):

@@ -52,6 +52,11 @@ def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://...``, ``memory://...``) rather than a local path."""
+    return "://" in str(path)
+
+
 def local_overlap(a: str | Path, b: str | Path) -> bool:
     """Whether two local paths are the same folder or one lies inside the other (symlinks resolved).
 

@@ -96,16 +96,11 @@ def load_model_folder(cls: Any, path: str | Path, *, what: str) -> Any:
     return model.eval()
 
 
-def is_remote(folder: str | Path) -> bool:
-    """Whether ``folder`` is an fsspec URL (``s3://...``) rather than a local path."""
-    return "://" in str(folder)
-
-
 @contextmanager
 def local_folder(folder: str | Path) -> Iterator[Path]:
     """A local path holding the files of ``folder``: the folder itself when local; for an fsspec URL, a
     temporary copy (removed on exit; empty when nothing is stored there)."""
-    if not is_remote(folder):
+    if not storage.is_url(folder):
         yield Path(folder).expanduser()
         return
     fs, base = storage.get_fs(folder)
@@ -120,7 +115,7 @@ def local_folder(folder: str | Path) -> Iterator[Path]:
 
 def folder_digest(folder: str | Path) -> str:
     """sha256 over ``relative_path NUL sha256(file) LF`` for every file, sorted by path."""
-    if is_remote(folder):
+    if storage.is_url(folder):
         with local_folder(folder) as copy:
             return folder_digest(copy)
     root = Path(folder)
@@ -141,7 +136,7 @@ def save_folder_atomic(folder: str | Path, write: Callable[[Path], None]) -> str
     ``folder`` may be an fsspec URL: ``write`` then fills a local temporary folder whose files are uploaded
     one by one (not atomic by itself: a pipeline stage writes into the store's temporary output, which the
     store publishes atomically)."""
-    if is_remote(folder):
+    if storage.is_url(folder):
         fs, base = storage.get_fs(folder)
         with tempfile.TemporaryDirectory(prefix="ddflow-model-") as tmp:
             write(Path(tmp))

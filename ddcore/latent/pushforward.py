@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ddcore.config import StageConfig
+from ddcore.data import storage
 from ddcore.errors import DataError, WeightsError
-from ddcore.latent.folders import is_remote, load_model_folder, local_folder, save_folder_atomic
+from ddcore.latent.folders import load_model_folder, local_folder, save_folder_atomic
 from ddcore.latent.vae import decode, float64_decoder, import_diffusers
 from ddcore.seeding import derive_seed
 
@@ -115,7 +116,7 @@ def save_denoiser(
 def read_training_record(path: str | Path) -> dict[str, Any] | None:
     """``training.json`` of a denoiser folder (local path or fsspec URL), or ``None`` when it has none (a
     hand-made folder)."""
-    if is_remote(path):
+    if storage.is_url(path):
         with local_folder(path) as copy:
             return read_training_record(copy)
     f = Path(path).expanduser() / TRAINING_RECORD
@@ -134,7 +135,7 @@ def load_denoiser(path: str | Path) -> LatentDenoiser:
     """Load :class:`LatentDenoiser` from a folder (local path, or an fsspec URL read through a local copy). A
     missing folder, or a missing / corrupt UNet, scheduler or VAE, is one :class:`WeightsError` line naming the
     folder and the fix."""
-    if is_remote(path):
+    if storage.is_url(path):
         with local_folder(path) as copy:
             if not any(copy.iterdir()):
                 raise WeightsError(f"denoiser folder not found: {path}; run the train_denoiser stage")

@@ -37,12 +37,12 @@ from pydantic import Field, model_validator
 
 from ddcore.checkpoint import checkpoint_file, resume_model, save_state
 from ddcore.config import StageConfig
+from ddcore.data import storage
 from ddcore.errors import DataError, DistillationError
 from ddcore.latent.folders import (
     WEIGHT_FILES,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
     check_model_folder,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
     folder_digest,  # noqa: F401 - re-exported; import it from ddcore.latent.folders
-    is_remote,
     load_model_folder,
     local_folder,
     save_folder_atomic,
@@ -156,7 +156,7 @@ def load_pretrained_vae(path: str | Path) -> AutoencoderKL:
     """Load an ``AutoencoderKL`` from a local folder (never the hub; sets ``HF_HUB_OFFLINE=1`` unless
     the user set it), or the identity autoencoder from a folder that names it. Missing / incomplete /
     corrupt folders raise one-line :class:`WeightsError`. An fsspec URL is read through a local copy."""
-    if is_remote(path):
+    if storage.is_url(path):
         with local_folder(path) as copy:
             return load_pretrained_vae(copy)
     if is_identity_folder(path):
