@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--labels", default="hard,soft", help="label protocols to run (hard, soft or both)")
     ap.add_argument("--teacher-epochs", type=int, default=5)
     ap.add_argument("--temperature", type=float, default=20.0)
+    ap.add_argument("--random", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train on num_eval random real subsets per IPC (--no-random: DDOQ vs D4M only)")
     ap.add_argument("--data", default=None, help="existing Fashion-MNIST artifact (else ingested to a temp dir)")
     ap.add_argument("--out", default="benchmarks/results/ddoq_weights.json")
     args = ap.parse_args()
@@ -112,7 +114,7 @@ def main() -> None:
         assert torch.equal(made["ddoq"].synthetic.images, made["d4m"].synthetic.images), "same k-means, same images"
         w2w, w2u = w2_means(lat, made["ddoq"].centroids, made["ddoq"].synthetic.extra["cell_counts"], 0)
         rnd_sets = []
-        for i in range(args.num_eval):
+        for i in range(args.num_eval if args.random else 0):
             x, y = random_subset(sampler, [ipc] * sampler.num_classes, seed=100 + i)
             rnd_sets.append(SyntheticSet(images=x, labels=y, mean=sampler.mean, std=sampler.std,
                                          num_classes=sampler.num_classes, method="random"))
@@ -125,10 +127,11 @@ def main() -> None:
             diff = [a - b for a, b in zip(accs["ddoq"], accs["d4m"], strict=True)]
             row = {"ipc": ipc, "labels": label, "ddoq": accs["ddoq"], "d4m": accs["d4m"], "random": rnd,
                    "ddoq_mean_std": summarize(accs["ddoq"]), "d4m_mean_std": summarize(accs["d4m"]),
-                   "random_mean_std": summarize(rnd), "diff_mean_std": summarize(diff),
+                   "random_mean_std": summarize(rnd) if rnd else None, "diff_mean_std": summarize(diff),
                    "w2_weighted": w2w, "w2_uniform": w2u, "w2_reduction": 1 - w2w / w2u if w2u else 0.0}
             rows.append(row)
-            pct = {k: tuple(100 * v for v in row[f"{k}_mean_std"]) for k in ("ddoq", "d4m", "diff", "random")}
+            pct = {k: tuple(100 * v for v in row[f"{k}_mean_std"] or (float("nan"),) * 2)
+                   for k in ("ddoq", "d4m", "diff", "random")}
             print(f"ipc {ipc:>3} {label}  DDOQ {pct['ddoq'][0]:5.1f} ± {pct['ddoq'][1]:.1f}  D4M "
                   f"{pct['d4m'][0]:5.1f} ± {pct['d4m'][1]:.1f}  DDOQ-D4M {pct['diff'][0]:+.1f} ± {pct['diff'][1]:.1f}"
                   f"  random "

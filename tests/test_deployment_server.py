@@ -20,6 +20,7 @@ pytest_plugins = ["orchestration_fixtures"]
 from orchestration_fixtures import REPO, server_env, stop_process, toy_config_flow  # noqa: E402
 
 from flows.cli import app  # noqa: E402
+from flows.config import load_config  # noqa: E402
 from flows.serve import ServeError, build_deployment, deployment_name  # noqa: E402
 
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
@@ -39,17 +40,25 @@ LOCAL_DEPLOYMENTS = ("imagenet1k-nightly", "demo-every-6h")  # pool ddflow-local
 
 
 def test_prefect_yaml_describes_the_two_schedules() -> None:
-    """deployments/prefect.yaml: process pool ddflow-local, a nightly cron of imagenet1k and an interval
-    run of the demo, both calling distill_flow with exactly its parameters and existing config files (plus the
-    Ray cluster deployment, checked in tests/test_deployment_ray.py)."""
+    """deployments/prefect.yaml: process pool ddflow-local, a nightly cron of imagenet1k on a thread runner and
+    an interval run of the demo, both with exactly distill_flow's parameters and existing config files (plus
+    the Ray cluster deployment, checked in tests/test_deployment_ray.py)."""
     doc = yaml.safe_load(PREFECT_YAML.read_text())
     deps = {d["name"]: d for d in doc["deployments"]}
     assert set(deps) == {*LOCAL_DEPLOYMENTS, "imagenet1k-ray"}
     params = distill_flow_params()
     for d in (deps[name] for name in LOCAL_DEPLOYMENTS):
-        assert d["entrypoint"] == "flows/distill.py:distill_flow" and d["work_pool"]["name"] == "ddflow-local"
+        assert d["work_pool"]["name"] == "ddflow-local"
         assert list(d["parameters"]) == params and (REPO / d["parameters"]["config_path"]).is_file()
-    assert deps["imagenet1k-nightly"]["parameters"]["config_path"] == "configs/imagenet1k.yaml"
+    assert deps["demo-every-6h"]["entrypoint"] == "flows/distill.py:distill_flow"
+    nightly = deps["imagenet1k-nightly"]
+    assert nightly["parameters"]["config_path"] == "configs/imagenet1k.yaml"
+    # imagenet1k.yaml names a Ray runner; the one-machine nightly opens the runner it names explicitly (threads,
+    # one worker per GPU) through distill_on_runner instead of silently running on distill_flow's default pool
+    assert nightly["entrypoint"] == "flows.distill:distill_on_runner"
+    assert nightly["parameters"]["overrides"] == ["runner.kind=threads"]
+    cfg = load_config(str(REPO / nightly["parameters"]["config_path"]), nightly["parameters"]["overrides"])
+    assert cfg.runner.kind == "threads"
     assert deps["imagenet1k-nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     assert deps["demo-every-6h"]["parameters"]["config_path"] == "configs/demo.yaml"
     assert deps["demo-every-6h"]["schedules"][0]["interval"] > 0

@@ -138,8 +138,9 @@ def test_ddflow_plan_shows_all_to_compute_then_all_cached_after_the_run(fake_fmn
                                                                         prefect_harness: None) -> None:
     """Through the real CLI: before the run every node is 'to compute'; the flow executes exactly the plan's
     nodes (its summary lists the same ids); afterwards every node is 'cached' with the key the flow used; with
-    --force distill the distillation and what it feeds are 'forced'."""
-    from flows.distill import distill_flow
+    --force distill the distillation and what it feeds are 'forced'; distill_on_runner (the nightly deployment's
+    entrypoint) on a thread runner finds every stage cached."""
+    from flows.distill import distill_flow, distill_on_runner
 
     cfg_path = _tiny(tmp_path / "c.yaml", fake_fmnist)
     before = _plan_json(cfg_path, tmp_path / "root")
@@ -153,6 +154,8 @@ def test_ddflow_plan_shows_all_to_compute_then_all_cached_after_the_run(fake_fmn
     forced = {n["id"]: n["state"] for n in _plan_json(cfg_path, tmp_path / "root", "--force", "distill")["nodes"]}
     assert forced["distill/dm/ipc1"] == forced["evaluate/dm/ipc1"] == forced["report"] == "forced"
     assert forced["ingest"] == forced["baseline/ipc1"] == "cached"
+    again = distill_on_runner(str(cfg_path), ["runner.kind=threads"], str(tmp_path / "root"))
+    assert all(s["cached"] for s in again["stages"]) and again["results"] == summary["results"]
 
 
 def test_ddflow_plan_refuses_an_unknown_format_in_one_line(tmp_path: Path) -> None:
