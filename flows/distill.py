@@ -79,7 +79,7 @@ def write_summary(store: ArtifactStore, name: str, summary: dict[str, Any]) -> s
 def tracker_summary(tracker: Tracker, store: ArtifactStore, name: str, report: ArtifactRef) -> None:
     """Attach summary.json and the accuracy plot to the parent MLflow run (no-op without tracking)."""
     for uri in (store.uri("runs", name, "summary.json"), f"{report.uri}/accuracy_vs_ipc.png"):
-        if "://" not in uri and Path(uri).is_file():
+        if not fsio.is_url(uri) and Path(uri).is_file():
             tracker.log_parent_artifact(uri)
 
 
@@ -121,8 +121,9 @@ def distill_on_runner(config_path: str, overrides: list[str] | None = None, root
     logger = get_run_logger()
     with runner_session(runner) as task_runner:
         if runner.kind == "ray":
-            logger.info("%s; artifact root: %s", describe_ray_cluster(), default_root(root))
-            if warning := shared_root_warning(default_root(root)):
+            where = default_root(root)
+            logger.info("%s; artifact root: %s", describe_ray_cluster(), where)
+            if warning := shared_root_warning(where):
                 logger.warning(warning)
         else:
             logger.info("runner: threads in this process (runner.kind=ray runs the stages on a Ray cluster)")
@@ -134,7 +135,7 @@ def shared_root_warning(root: str) -> str | None:
     it at that path (a shared filesystem); ``None`` for URLs and one-node clusters."""
     import ray
 
-    if "://" in root or sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
+    if fsio.is_url(root) or sum(1 for n in ray.nodes() if n.get("Alive")) < 2:
         return None
     return (f"artifact root {root} is a local path: every Ray node must mount it at that path (a shared "
             "filesystem); otherwise pass root=s3://bucket/prefix or set DDFLOW_ROOT")

@@ -62,7 +62,7 @@ def local_overlap(a: str | Path, b: str | Path) -> bool:
 
     URLs (``scheme://``) never overlap a path here: publishing to an object store cannot replace a local folder.
     """
-    if "://" in str(a) or "://" in str(b):
+    if is_url(a) or is_url(b):
         return False
     x, y = Path(a).expanduser().resolve(), Path(b).expanduser().resolve()
     return x == y or x in y.parents or y in x.parents
