@@ -48,14 +48,6 @@ def start_s3(port: int, log: Path) -> subprocess.Popen:
             time.sleep(0.3)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_pipeline(config: str, sets: list[str], root: str, work: Path, env: dict[str, str], tag: str) -> dict:
     """``ddflow run`` with its own MLflow store and Prefect home; returns the run summary and the wall time."""
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / tag / 'mlflow.db'}", "PREFECT_HOME": str(work / tag)}
@@ -116,6 +108,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override, as ddflow run --set")
     ap.add_argument("--out", default="benchmarks/results/object_store.json")
     args = ap.parse_args()
+    from flows.temp_server import free_port
+
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ddflow-s3-bench-") as tmp:
         work = Path(tmp)

@@ -109,7 +109,8 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the time of the call."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -119,7 +120,7 @@ class TemporaryServer:
     """A ``prefect server start`` child process on a free local port (see the module docstring)."""
 
     def __init__(self, database: str | None = None) -> None:
-        self.port, self.database = _free_port(), database
+        self.port, self.database = free_port(), database
         env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         if database is not None:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database

@@ -281,11 +281,9 @@ def _ray_unreachable() -> None:
 
 
 def _free_port() -> int:
-    import socket
+    from flows.temp_server import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 def _bomb(tmp: Path) -> Case:

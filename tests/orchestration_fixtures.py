@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from prefect import flow  # noqa: E402
 from ddcore.config import StageConfig, apply_overrides, load_yaml  # noqa: E402
 from ddcore.data import storage as fsio  # noqa: E402
 from flows.orchestration import PipelineRun, default_root  # noqa: E402
+from flows.temp_server import free_port  # noqa: E402, F401 - re-exported to the tests
 from tasks.runtime.refs import ArtifactRef  # noqa: E402
 from tasks.runtime.stage import StageContext, make_stage_task  # noqa: E402
 from tasks.runtime.store import ArtifactStore  # noqa: E402
@@ -176,12 +176,6 @@ def toy_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(COUNTER_ENV, str(counters))
     monkeypatch.delenv(FAIL_ENV, raising=False)
     return counters
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None) -> None:
