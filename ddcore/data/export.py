@@ -103,7 +103,7 @@ def export_artifact(artifact: str | Path, fmt: str, out: str | Path, *, split: s
         ExportError: ``out`` in the way, or ``hf`` without the ``datasets`` package.
     """
     check_format(fmt)
-    if "://" in str(out):
+    if fsio.is_url(out):
         raise ExportError(f"--out {out}: exports are written to a local folder; pass a local path and copy it "
                           "to the store afterwards")
     if fmt == "hf":

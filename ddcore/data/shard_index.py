@@ -70,7 +70,7 @@ def expand_shards(urls: dict[str, str]) -> dict[str, list[str]]:
 
 def shard_root(urls: list[str]) -> tuple[str, list[str]]:
     """``(root, names)``: the deepest folder holding every shard, and each shard's path relative to it."""
-    local = ["://" not in u for u in urls]
+    local = [not fsio.is_url(u) for u in urls]
     if all(local):
         full = [str(Path(u).expanduser().resolve()) for u in urls]
         root = os.path.commonpath([os.path.dirname(p) for p in full])

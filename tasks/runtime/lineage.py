@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddcore.data.storage import is_url
 from ddcore.errors import DDFlowError
 from tasks.runtime.mlflow_client import flatten
 from tasks.runtime.refs import ArtifactRef, RefRecord, code_version_label
@@ -52,9 +53,9 @@ def resolve_record(store: ArtifactStore, query: str, *, tracker: Tracker | None 
         LineageError: nothing matches, or a prefix matches several outputs.
     """
     q = query.strip()
-    if "/" in q or "://" in q or Path(q).exists():
+    if "/" in q or is_url(q) or Path(q).exists():
         folder = q[: -len(REF_FILE)].rstrip("/") if q.endswith(REF_FILE) else q.rstrip("/")
-        if "://" not in folder:
+        if not is_url(folder):
             folder = str(Path(folder).expanduser().resolve())
         rec = store.read_record_at(folder)
         if rec is not None:

@@ -72,7 +72,7 @@ class ArtifactStore:
     def __init__(self, root: str | Path, *, verify: Verify = "auto", lock_timeout: float | None = None,
                  stale_lock_s: float = 120.0) -> None:
         text = str(root)
-        if "://" not in text:
+        if not fsio.is_url(text):
             text = str(Path(text).expanduser().resolve())
         self.root = text.rstrip("/") or "/"
         self.verify: Verify = verify

@@ -56,7 +56,7 @@ class ArtifactSpec(StageConfig):
 
 def source_location(path: str) -> str:
     """``path`` as an absolute local path (fsspec URLs unchanged)."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if fsio.is_url(path) else str(Path(path).expanduser().resolve())
 
 
 def recorded_digest(path: str) -> str | None:
