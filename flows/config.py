@@ -56,11 +56,16 @@ class SoftLabelConfig(StageConfig):
         temperature: T of the KL(teacher_T ‖ student_T) targets; 20 is D4M's script value (its argparse
             default is 3).
         methods: the methods (keys of ``methods``) whose sets are also evaluated under the teacher.
+        evaluation: recipe fields (of :class:`~ddcore.evaluate.protocol.EvalConfig`) in which the soft-label rows
+            and their baseline differ from the run's ``evaluation``, field by field; e.g. the relabel recipe's
+            optimizer ``{optimizer: adamw, lr: 0.001, weight_decay: 0.01, lr_schedule: cosine, cutmix: true}``
+            (docs/methods.md §5.4). Empty: the hard-label recipe. The protocol label records every change.
     """
 
     teacher: TeacherConfig = TeacherConfig()
     temperature: float = Field(20.0, gt=0)
     methods: list[str] = ["ddoq", "d4m"]
+    evaluation: dict[str, Any] = {}
 
 
 class TrackingConfig(StageConfig):
@@ -126,6 +131,7 @@ class RunConfig(StageConfig):
     runner: RunnerConfig = RunnerConfig()
     tracking: TrackingConfig = TrackingConfig()
     _typed: dict[tuple[str, int], StageConfig] = PrivateAttr(default_factory=dict)
+    _soft_eval: EvalConfig | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_methods(self) -> RunConfig:
@@ -141,6 +147,8 @@ class RunConfig(StageConfig):
                                       "add it there")
         for name, ipc in self.method_runs():  # each method entry validated once per IPC into its typed config
             self.method_config(name, ipc)
+        if self.soft_labels is not None:
+            self.soft_eval()
         return self
 
     def method_runs(self) -> list[tuple[str, int]]:
@@ -167,9 +175,15 @@ class RunConfig(StageConfig):
         return self._typed[name, ipc]
 
     def soft_eval(self) -> EvalConfig:
-        """The evaluation recipe of the soft-label rows (``evaluation`` at the section's temperature)."""
+        """The evaluation recipe of the soft-label rows: ``evaluation`` with ``soft_labels.evaluation``'s fields
+        replaced, at the section's temperature (validated once and kept)."""
         assert self.soft_labels is not None
-        return self.evaluation.model_copy(update={"soft_label_temperature": self.soft_labels.temperature})
+        if self._soft_eval is None:
+            every = {name: getattr(self.evaluation, name) for name in type(self.evaluation).model_fields}
+            fields = {**every, **self.soft_labels.evaluation,
+                      "soft_label_temperature": self.soft_labels.temperature}
+            self._soft_eval = EvalConfig.from_mapping(fields, where="soft_labels.evaluation")
+        return self._soft_eval
 
     def post_prune_ipc(self, ipc: int) -> int:
         """IPC to distil at so that pruning keeps ``ipc`` per class."""

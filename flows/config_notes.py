@@ -50,6 +50,8 @@ NOTES: dict[tuple[str, str], str] = {
     ("DenoiserConfig", "seed"): "seed of the initialisation, shuffling, noise and training subset.",
     ("DenoiserConfig", "max_train_per_class"): "train on a seeded subset of this many latents per class; ``null``: "
                                                "all.",
+    ("DenoiserConfig", "max_train_timestep"): "train only on timesteps ``t`` below this (img2img at strength s "
+                                              "visits ``t < s * num_train_timesteps``); ``null``: every timestep.",
     # ddcore/latent/ddoq.py
     ("DDOQConfig", "ipc"): "centres (images) per class.",
     ("DDOQConfig", "iters"): "k-means updates per class; ``null``: one pass over the class's latents.",

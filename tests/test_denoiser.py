@@ -19,7 +19,7 @@ from ddcore.data.synthetic_io import load_synthetic
 from ddcore.errors import ConfigError, DDFlowError, WeightsError
 from ddcore.latent.ddoq import DDOQConfig
 from ddcore.latent.denoiser import DenoiserConfig, build_scheduler, build_unet, fit_denoiser, train_denoiser
-from ddcore.latent.method import distill_from_latents
+from ddcore.latent.method import check_trained_range, distill_from_latents
 from ddcore.latent.pushforward import (
     PushforwardConfig,
     img2img_latents,
@@ -135,6 +135,36 @@ def test_pushforward_strength_zero_is_the_decoded_centroid(tmp_path: Path) -> No
     a = img2img_latents(model, z7, y7, generator=torch.Generator().manual_seed(1), **kw)
     b = img2img_latents(model, z7, y7, generator=torch.Generator().manual_seed(1), **kw)
     assert a.shape == z7.shape and torch.equal(a, b) and torch.isfinite(a).all() and not torch.allclose(a, z7)
+
+
+def test_max_train_timestep_bounds_the_noise_levels_trained_and_the_strengths_allowed(tmp_path: Path) -> None:
+    """With max_train_timestep 20 (of 50) every timestep the UNet is trained on is below 20, and the draws differ
+    from full-range training; a pushforward whose first img2img timestep is >= 20 is refused in one line naming
+    the fix, one that starts below it is accepted; the limit cannot exceed num_train_timesteps."""
+    seen: list[int] = []
+    cfg = TINY.model_copy(update={"epochs": 2, "max_train_timestep": 20})
+    unet = build_unet(cfg, 2, 7, 3)
+    hook = unet.register_forward_pre_hook(lambda m, args: seen.extend(args[1].tolist()))
+    train_denoiser(unet, _latents(), cfg)
+    hook.remove()
+    assert len(seen) == 36 and max(seen) < 20 and len(set(seen)) > 5
+    full: list[int] = []
+    unet = build_unet(TINY, 2, 7, 3)
+    unet.register_forward_pre_hook(lambda m, args: full.extend(args[1].tolist()))
+    train_denoiser(unet, _latents(), TINY.model_copy(update={"epochs": 2}))
+    assert max(full) >= 20
+    vae = build_vae(VAE_CFG, 1, 16).eval()
+    save_denoiser(tmp_path / "d", build_unet(cfg, 2, 4, 3), build_scheduler(cfg))
+    for strength, ok in ((0.3, True), (0.5, False)):  # 10 DDIM steps of 50: first t 10 at 0.3, 20 at 0.5
+        pf = load_pushforward(PushforwardConfig(path=str(tmp_path / "d"), strength=strength, steps=10), vae)
+        if ok:
+            check_trained_range(pf, 20, where="ddoq")
+        else:
+            with pytest.raises(ConfigError, match=r"^ddoq.pushforward.strength 0.5 starts img2img at t = 20, but "
+                                                  r"the denoiser was trained on t < 20 only; lower the strength"):
+                check_trained_range(pf, 20, where="ddoq")
+    with pytest.raises(ValueError, match="max_train_timestep must be at most num_train_timesteps"):
+        DenoiserConfig(num_train_timesteps=50, max_train_timestep=51)
 
 
 @pytest.mark.parametrize("how", ["missing", "no-unet-config", "truncated-weights"])

@@ -91,6 +91,27 @@ def test_class_groups_become_parts_and_a_merge_once_the_class_count_is_known() -
     assert build_plan(cfg, num_classes=None).node("distill/dm/ipc1").stage == "distill"
 
 
+def test_soft_label_recipe_reaches_the_soft_rows_and_their_baseline_only() -> None:
+    """soft_labels.evaluation replaces recipe fields of the +soft rounds and the soft baseline's rounds (and their
+    protocol label says so); the hard-label rows and baseline keep the run's evaluation; a misspelt field is one
+    error line naming the section."""
+    relabel = {"optimizer": "adamw", "lr": 0.001, "lr_schedule": "cosine", "cutmix": True}
+    plan = build_plan(_cfg(soft_labels={"methods": ["ddoq"], "evaluation": relabel}), num_classes=10)
+    def recipe(node_id: str):  # an evaluation round holds its set's config, a baseline round its baseline's
+        cfg = plan.node(node_id).config
+        return (cfg.evaluate if node_id.startswith("evaluate/") else cfg.baseline).eval
+
+    for node_id in ("evaluate/ddoq+soft/ipc1/round0", "baseline/ipc2/soft/round1"):
+        ev = recipe(node_id)
+        assert {k: getattr(ev, k) for k in relabel} == relabel and ev.width == 8 and ev.epochs == 1
+        assert "optimizer=adamw" in ev.label and ev.soft_label_temperature == 20.0
+    for node_id in ("evaluate/ddoq/ipc1/round0", "baseline/ipc2/round1"):
+        ev = recipe(node_id)
+        assert ev.optimizer == "sgd" and not ev.cutmix
+    with pytest.raises(ConfigError, match=r"^soft_labels.evaluation: unknown key 'optimiser'"):
+        _cfg(soft_labels={"methods": ["ddoq"], "evaluation": {"optimiser": "adamw"}})
+
+
 def test_force_names_are_checked_and_aggregates_bring_their_rounds() -> None:
     """--force evaluate also forces evaluate_round; an unknown stage is one error line listing the stages."""
     assert expand_force(["evaluate"]) == ["evaluate", "evaluate_round"]

@@ -7,10 +7,14 @@ config (:class:`DenoiserConfig`), the model and scheduler builders, the training
 denoiser folder in the layout of :func:`ddcore.latent.pushforward.save_denoiser` plus ``training.json``.
 
 Objective: the DDPM epsilon-prediction loss. For a batch of scaled latents ``z0 [B, c, h, w]`` (padded to the
-UNet's factor, see below), timesteps ``t ~ U{0, ..., T-1}`` and noise ``eps ~ N(0, I)``::
+UNet's factor, see below), timesteps ``t ~ U{0, ..., T'-1}`` and noise ``eps ~ N(0, I)``::
 
     z_t = sqrt(abar_t) * z0 + sqrt(1 - abar_t) * eps          abar_t = prod_{s <= t} (1 - beta_s)
     loss = mean((unet(z_t, t, y) - eps) ** 2)
+
+``T'`` is ``num_train_timesteps`` unless ``max_train_timestep`` lowers it: img2img at strength ``s`` only
+visits ``t < s * num_train_timesteps`` (a 50-step DDIM at 0.5 starts at t = 480), so a denoiser used at
+``s <= T' / num_train_timesteps`` spends all its steps on the noise levels it is used at.
 
 With ``class_conditional`` the UNet gets ``num_class_embeds = num_classes + 1`` embeddings and each label is
 replaced by the null class ``num_classes`` with probability ``label_dropout`` (classifier-free guidance in
@@ -80,6 +84,7 @@ class DenoiserConfig(StageConfig, CpuThreads):
     grad_clip: float | None = Field(1.0, gt=0.0)
     seed: int = 0
     max_train_per_class: int | None = Field(None, ge=1)  # train on a seeded subset (None: every latent)
+    max_train_timestep: int | None = Field(None, ge=1)  # train on t < this only (None: every timestep)
 
     @field_validator("scheduler")
     @classmethod
@@ -92,7 +97,14 @@ class DenoiserConfig(StageConfig, CpuThreads):
     def _check(self) -> DenoiserConfig:
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError("every block_out_channels entry must be a multiple of norm_num_groups")
+        if self.max_train_timestep is not None and self.max_train_timestep > self.num_train_timesteps:
+            raise ValueError("max_train_timestep must be at most num_train_timesteps")
         return self
+
+    @property
+    def trained_timesteps(self) -> int:
+        """Timesteps ``t`` are drawn from ``[0, trained_timesteps)``: ``max_train_timestep`` or all of them."""
+        return self.num_train_timesteps if self.max_train_timestep is None else self.max_train_timestep
 
     @property
     def factor(self) -> int:
@@ -256,7 +268,7 @@ def train_denoiser(
             sel = np.sort(rows[order[i : i + cfg.batch_size]])
             z0 = pad_to_factor(src.read(sel).to(device=p.device, dtype=torch.float32), factor)
             b = z0.shape[0]
-            t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=g)
+            t = torch.randint(0, cfg.trained_timesteps, (b,), generator=g)
             eps = torch.randn(z0.shape, generator=g).to(p.device)
             y = labels[torch.from_numpy(sel)]
             if null is not None:

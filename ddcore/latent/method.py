@@ -21,7 +21,7 @@ from ddcore.errors import ArtifactError, ConfigError
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.folders import folder_digest
 from ddcore.latent.kmeans import cell_masses, w2_uniform, w2_weighted
-from ddcore.latent.pushforward import Pushforward, load_pushforward, read_training_record
+from ddcore.latent.pushforward import Pushforward, kept_timesteps, load_pushforward, read_training_record
 from ddcore.latent.reader import latents_by_class, open_latents
 from ddcore.latent.vae import load_pretrained_vae
 from ddcore.seeding import derive_seed
@@ -54,6 +54,21 @@ def w2_report(lat: Any, c: int, centroids: torch.Tensor, masses: torch.Tensor, *
             "reduction": 1.0 - wd / ud if ud > 0 else 0.0}
 
 
+def check_trained_range(pf: Pushforward, max_train_timestep: int | None, *, where: str) -> None:
+    """Refuse a pushforward whose first img2img timestep lies beyond what its denoiser was trained on.
+
+    Raises:
+        ConfigError: ``strength`` (with ``steps``) starts img2img at ``t >= max_train_timestep``.
+    """
+    if max_train_timestep is None:
+        return
+    _, _, timesteps = kept_timesteps(pf.model.scheduler, pf.cfg.steps, pf.cfg.strength)
+    if len(timesteps) and int(timesteps[0]) >= max_train_timestep:
+        raise ConfigError(f"{where}.pushforward.strength {pf.cfg.strength} starts img2img at t = {int(timesteps[0])}, "
+                          f"but the denoiser was trained on t < {max_train_timestep} only; lower the strength or "
+                          "raise denoiser.max_train_timestep")
+
+
 def pushforward_for(lat: Any, denoiser_dir: str | Path | None, vae: Any, cfg: DDOQConfig, *,
                     image_size: tuple[int, int], channels: int,
                     device: str | torch.device = "cpu") -> tuple[Pushforward, dict[str, Any]]:
@@ -61,7 +76,8 @@ def pushforward_for(lat: Any, denoiser_dir: str | Path | None, vae: Any, cfg: DD
     records about it (settings, resolved seed, noise-seed rule, denoiser digest and scheduler).
 
     Raises:
-        ConfigError: no denoiser folder was given.
+        ConfigError: no denoiser folder was given, or the strength reaches noise levels the denoiser was not trained
+            on (:func:`check_trained_range`).
         ArtifactError: the folder's ``training.json`` names other latents than ``lat``.
     """
     opts = cfg.pushforward
@@ -75,6 +91,7 @@ def pushforward_for(lat: Any, denoiser_dir: str | Path | None, vae: Any, cfg: DD
                             "these latents (stage train_denoiser)")
     pcfg = opts.with_path(denoiser_dir, seed=cfg.pushforward_seed)
     pf = load_pushforward(pcfg, vae, image_size=image_size, channels=channels, device=device)
+    check_trained_range(pf, (record or {}).get("config", {}).get("max_train_timestep"), where=cfg.variant)
     info = {**pcfg.model_dump(mode="json", exclude={"path"}), "denoiser_digest": folder_digest(denoiser_dir),
             "scheduler": type(pf.model.scheduler).__name__, "class_conditional": pf.model.num_classes is not None,
             "noise_seed": "derive_seed(seed, 'pushforward', labels of the call)"}

@@ -192,6 +192,16 @@ def crop_to(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return z[:, :, top : top + size[0], left : left + size[1]]
 
 
+def kept_timesteps(scheduler: Any, steps: int, strength: float,
+                   device: str | torch.device = "cpu") -> tuple[Any, int, torch.Tensor]:
+    """A fresh copy of ``scheduler`` set to ``steps`` steps, the index of the first step img2img runs at
+    ``strength`` and the timesteps it runs (descending; empty at strength 0)."""
+    sched = type(scheduler).from_config(scheduler.config)
+    sched.set_timesteps(steps, device=device)
+    t_start = steps - min(int(steps * strength), steps)
+    return sched, t_start, sched.timesteps[t_start * sched.order :]
+
+
 def img2img_latents(
     model: LatentDenoiser,
     z0: torch.Tensor,
@@ -216,10 +226,7 @@ def img2img_latents(
             "use the VAE the UNet was trained with"
         )
     p = next(unet.parameters())
-    sched = type(model.scheduler).from_config(model.scheduler.config)
-    sched.set_timesteps(steps, device=p.device)
-    t_start = steps - min(int(steps * strength), steps)
-    timesteps = sched.timesteps[t_start * sched.order :]
+    sched, t_start, timesteps = kept_timesteps(model.scheduler, steps, strength, device=p.device)
     z = z0.to(device=p.device, dtype=p.dtype)
     if len(timesteps) == 0:
         return z.float()
