@@ -53,6 +53,8 @@ from tasks.runtime.store import ArtifactStore  # noqa: E402
 from tasks.runtime.tracking import Tracker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+PREFECT = str(Path(sys.executable).parent / "prefect")
 COUNTER_ENV = "DDFLOW_TOY_COUNTER_DIR"
 FAIL_ENV = "DDFLOW_TOY_FAIL"
 TOY_STAGES = ("make", "double", "total")
@@ -254,3 +256,11 @@ def prefect_servers_of(root: Path) -> list[int]:
         if b"server" in cmd and b"start" in cmd and str(root).encode() in env:
             pids.append(int(proc.name))
     return pids
+
+
+def api(url: str, path: str, body: dict | None = None) -> object:
+    """GET (or, with ``body``, POST as JSON) ``url + path`` on a Prefect server and return the decoded JSON."""
+    req = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())

@@ -25,8 +25,7 @@ import yaml
 
 pytest_plugins = ["orchestration_fixtures"]
 
-from orchestration_fixtures import REPO, free_port, server_env, stop_process  # noqa: E402
-from test_deployment_server import PREFECT, PREFECT_YAML, api  # noqa: E402
+from orchestration_fixtures import PREFECT, PREFECT_YAML, REPO, api, free_port, server_env, stop_process  # noqa: E402
 
 from flows.runners import RunnerConfig, RunnerError, check_ray_reachable, ray_endpoint, runner_session  # noqa: E402
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,21 @@ from typer.testing import CliRunner
 
 pytest_plugins = ["orchestration_fixtures"]
 
-from orchestration_fixtures import REPO, server_env, stop_process, toy_config_flow  # noqa: E402
+from orchestration_fixtures import (  # noqa: E402
+    PREFECT,
+    PREFECT_YAML,
+    REPO,
+    api,
+    server_env,
+    stop_process,
+    toy_config_flow,
+)
 
 from flows.cli import app  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from flows.serve import ServeError, build_deployment, deployment_name  # noqa: E402
 
-PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
 TOY_ENTRYPOINT = "tests/orchestration_fixtures.py:toy_config_flow"
-PREFECT = str(Path(sys.executable).parent / "prefect")
 DDFLOW = [sys.executable, "-m", "flows.cli"]
 
 
@@ -95,13 +100,6 @@ def test_serve_without_server_is_one_error_line(tmp_path: Path) -> None:
 
 
 # -- against a real server (slow) ------------------------------------------------------------
-def api(url: str, path: str, body: dict | None = None) -> object:
-    req = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def wait_for_completed_run(url: str, flow_name: str, deployment: str, *, timeout: float) -> dict:
     """Poll the API (bounded) until a run of ``flow_name/deployment`` is COMPLETED; fail on FAILED/CRASHED."""
     deadline = time.monotonic() + timeout
