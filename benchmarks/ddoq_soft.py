@@ -44,7 +44,7 @@ from ddcore.latent.denoiser import DenoiserConfig, TensorLatents, build_schedule
 from ddcore.latent.pushforward import LatentDenoiser, Pushforward, PushforwardConfig
 from ddcore.latent.vae import VAEConfig, build_vae, train_vae
 from ddcore.synthetic import SyntheticSet
-from flows.config import load_config
+from flows.config import RunConfig, load_config
 
 RELABEL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "lr_schedule": "cosine", "cutmix": True,
            "batch_size": 50}
@@ -154,8 +154,9 @@ def main() -> None:
     write(args, run, recs, tmetrics, rows, random_accs, den_seconds, t_start, complete=True)
 
 
-def write(args: argparse.Namespace, run, recs: dict[str, EvalConfig], tmetrics: dict, rows: list[dict],
+def write(args: argparse.Namespace, run: RunConfig, recs: dict[str, EvalConfig], tmetrics: dict, rows: list[dict],
           random_accs: dict, den_seconds: dict, t_start: float, *, complete: bool) -> None:
+    """Write the study's JSON to ``args.out`` (rewritten after every point; ``complete`` at the end)."""
     out = {"benchmark": "ddoq_soft", "dataset": "fashion-mnist", "split": "validation",
            "val_fraction": args.val_fraction, "ipc": args.ipc, "num_eval": args.num_eval, "guidance": args.guidance,
            "config": args.config, "vae": run.vae.model_dump(mode="json"),
