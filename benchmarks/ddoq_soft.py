@@ -6,8 +6,9 @@ latents, the teacher, the denoiser and every set are made from the fit part only
 the validation part, so what is chosen here never saw the test split. Points:
 
 * decoding of the DDOQ (and ``--variants``: D4M) centroids: plain, or through the img2img pushforward with a
-  denoiser trained ``--denoiser-epochs`` passes (progressively: one UNet, resumed) at each ``--strengths``, one
-  UNet per ``--timestep-limits`` entry (``none``: every timestep; ``500``: ``max_train_timestep`` 500);
+  denoiser trained ``--denoiser-epochs`` passes (progressively: one UNet, resumed) at each ``--strengths`` and
+  ``--guidance`` scale, one UNet per ``--timestep-limits`` entry (``none``: every timestep; ``500``:
+  ``max_train_timestep`` 500);
 * the student recipe under the teacher (``--recipes``): ``dm`` (the demo's: SGD 0.01, batch 256, DSA, 100
   epochs) and ``relabel`` (the SRe2L/D4M relabel recipe's optimizer: AdamW 1e-3, wd 0.01, cosine, CutMix,
   batch 50, same epochs and DSA);
@@ -79,7 +80,9 @@ def main() -> None:
     ap.add_argument("--denoiser-epochs", default="2,4")
     ap.add_argument("--strengths", default="0.5,0.7")
     ap.add_argument("--timestep-limits", default="none")
-    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--guidance", default="2.0", help="classifier-free guidance scales, comma-separated")
+    ap.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
+                    help="also evaluate the plainly decoded centroids (--no-plain: pushforward points only)")
     ap.add_argument("--recipes", default="dm,relabel")
     ap.add_argument("--out", default="benchmarks/results/ddoq_soft_val.json")
     args = ap.parse_args()
@@ -114,14 +117,16 @@ def main() -> None:
         print(f"random  {name:8s} {100 * np.mean(accs):5.1f} ± {100 * np.std(accs):.1f}", flush=True)
     rows: list[dict] = []
     limits = [None if v == "none" else int(v) for v in args.timestep_limits.split(",")]
-    decodings: list[tuple[str, int | None, int | None, float | None]] = [("plain", None, None, None)]
-    decodings += [(f"pf-t{lim or 'all'}-e{e}-s{s}", lim, int(e), float(s)) for lim in limits
-                  for e in args.denoiser_epochs.split(",") for s in args.strengths.split(",")]
+    decodings: list[tuple[str, int | None, int | None, float | None, float | None]] = \
+        [("plain", None, None, None, None)] if args.plain else []
+    decodings += [(f"pf-t{lim or 'all'}-e{e}-s{s}-g{g}", lim, int(e), float(s), float(g)) for lim in limits
+                  for e in args.denoiser_epochs.split(",") for s in args.strengths.split(",")
+                  for g in args.guidance.split(",")]
     src = fit_latents(lat)
     den_seconds: dict[str, float] = {}
     unets: dict[int | None, torch.nn.Module] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limit, epochs, strength in decodings:
+        for name, limit, epochs, strength, guidance in decodings:
             pf = None
             if epochs is not None:
                 dcfg = DenoiserConfig.model_validate({**run.denoiser.model_dump(), "epochs": epochs, "lr": 1e-3,
@@ -135,7 +140,7 @@ def main() -> None:
                     den_seconds[tag] = stats.seconds
                     print(f"denoiser {tag}: loss {stats.epoch_loss[-1]:.4f} ({stats.seconds:.0f} s)", flush=True)
                 model = LatentDenoiser(unets[limit], build_scheduler(dcfg), None, sampler.num_classes)
-                pf = Pushforward(model, vae, PushforwardConfig(path="-", strength=strength, guidance=args.guidance,
+                pf = Pushforward(model, vae, PushforwardConfig(path="-", strength=strength, guidance=guidance,
                                                                steps=50, seed=0), image_size=h, channels=c)
             for variant in args.variants.split(","):
                 made = distill_ddoq(lambda k: iter(lat[k].split(2048)), vae, DDOQConfig(ipc=args.ipc, variant=variant),
@@ -145,7 +150,8 @@ def main() -> None:
                     accs = evaluate_set(made.synthetic, vx, vy, config=rc, teacher=teacher).accs
                     gap = paired_gap(accs, random_accs[rname])
                     rows.append({"variant": variant, "decoding": name, "max_train_timestep": limit,
-                                 "denoiser_epochs": epochs, "strength": strength, "recipe": rname, "accs": accs,
+                                 "denoiser_epochs": epochs, "strength": strength, "guidance": guidance,
+                                 "recipe": rname, "accs": accs,
                                  "mean_std": summarize(accs), "random_accs": random_accs[rname],
                                  "gap_mean_std": gap})
                     print(f"{variant:5s} {name:16s} {rname:8s} {100 * np.mean(accs):5.1f} ± {100 * np.std(accs):.1f}"
