@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 from conftest import class_images
-from error_case_support import Case, _artifact, _free_port, _npz, _yaml, run_config
+from error_case_support import Case, _artifact, _npz, _yaml, run_config
 from PIL import Image
 
 from ddcore.data import IngestConfig, ingest
 from ddcore.data.codec import encode_png
+from flows.temp_server import free_port
 
 
 def _tar(tmp: Path, members: list[tuple[str, bytes]], name: str = "s.tar") -> str:
@@ -140,10 +141,10 @@ INPUT_CASES: dict[str, CaseFn] = {
     # storage URLs (items 2, 3)
     "storage-protocol": lambda t, f: Case(args=["info", "foo://x"]),
     "storage-package": lambda t, f: Case(args=["info", "s3://bucket/x"], context=_no_s3fs),
-    "artifact-unreachable": lambda t, f: Case(args=["info", f"http://127.0.0.1:{_free_port()}/x"]),
+    "artifact-unreachable": lambda t, f: Case(args=["info", f"http://127.0.0.1:{free_port()}/x"]),
     "artifact-is-file": lambda t, f: (t / "x.txt").write_text("x") and Case(args=["info", str(t / "x.txt")]),
     "lineage-root-unreachable": lambda t, f: Case(args=["lineage", "X", "--root",
-                                                        f"http://127.0.0.1:{_free_port()}/x"]),
+                                                        f"http://127.0.0.1:{free_port()}/x"]),
     # ddflow evaluate (item 4)
     "evaluate-option": lambda t, f: _evaluate(t, f, _synthetic(t, 3, (1, 8, 8)), None),
     "evaluate-no-test": lambda t, f: _evaluate(t, f, _synthetic(t, 3, (1, 8, 8)), str(_artifact(t))),

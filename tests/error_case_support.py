@@ -276,14 +276,9 @@ def _idx_incomplete(tmp: Path) -> Case:
 def _ray_unreachable() -> None:
     """Connect to a Ray head at a port nobody listens on."""
     from flows.runners import check_ray_reachable
-
-    check_ray_reachable(f"127.0.0.1:{_free_port()}")
-
-
-def _free_port() -> int:
     from flows.temp_server import free_port
 
-    return free_port()
+    check_ray_reachable(f"127.0.0.1:{free_port()}")
 
 
 def _bomb(tmp: Path) -> Case:

@@ -25,7 +25,6 @@ from error_case_support import (  # noqa: F401 - run_config is re-exported for t
     _fake_ray,
     _flip_byte,
     _folder,
-    _free_port,
     _gz_truncated,
     _hf_folder,
     _idx_incomplete,
@@ -45,6 +44,8 @@ from error_case_support import (  # noqa: F401 - run_config is re-exported for t
     _yaml,
     run_config,
 )
+
+from flows.temp_server import free_port
 
 FM = "{kind: fashion_mnist}"
 CaseFn = Callable[[Path, Path], Case]
@@ -182,6 +183,6 @@ CASES: dict[str, CaseFn] = {
     "stage-fault": lambda t, f: _run(t, f, "methods: {random: {width: 8}}", env={"DDFLOW_FAULT": "ingest"}),
     # tracking
     "tracking-unreachable": lambda t, f: _run(t, f, f"methods: {{random: {{width: 8}}}}\ntracking: {{enabled: true, "
-                                                    f"uri: 'http://127.0.0.1:{_free_port()}'}}", warning=True),
+                                                    f"uri: 'http://127.0.0.1:{free_port()}'}}", warning=True),
 }
 CASES.update(INPUT_CASES)  # show/info/lineage/evaluate arguments, config files, shards, CIFAR, 16-bit
