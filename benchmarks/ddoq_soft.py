@@ -39,11 +39,11 @@ from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.suite import evaluate_set, random_subset
-from ddcore.evaluate.teacher import TeacherConfig, train_teacher
+from ddcore.evaluate.teacher import train_teacher
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.denoiser import DenoiserConfig, TensorLatents, build_scheduler, build_unet, train_denoiser
 from ddcore.latent.pushforward import LatentDenoiser, Pushforward, PushforwardConfig
-from ddcore.latent.vae import VAEConfig, build_vae, train_vae
+from ddcore.latent.vae import build_vae, train_vae
 from ddcore.synthetic import SyntheticSet
 from flows.config import RunConfig, load_config
 
@@ -52,11 +52,12 @@ RELABEL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "lr_schedule"
 """The relabel recipe's optimizer settings (docs/methods.md §5.4) on the demo's network, epochs and DSA."""
 
 
-def recipes(demo_eval: dict, num_eval: int, temperature: float) -> dict[str, EvalConfig]:
-    """The student recipes compared under the teacher, keyed by name."""
-    base = {**demo_eval, "num_eval": num_eval, "soft_label_temperature": temperature}
-    return {"dm": EvalConfig.from_mapping(base, where="dm recipe"),
-            "relabel": EvalConfig.from_mapping({**base, **RELABEL}, where="relabel recipe")}
+def recipes(config: str, num_eval: int) -> dict[str, EvalConfig]:
+    """The student recipes compared under the teacher, keyed by name: the soft-label rows' recipe of ``config``
+    (:meth:`RunConfig.soft_eval`) with no recipe fields changed (``dm``) and with :data:`RELABEL` (``relabel``)."""
+    return {name: load_config(config, [f"soft_labels.evaluation={json.dumps(fields)}",
+                                       f"evaluation.num_eval={num_eval}"]).soft_eval()
+            for name, fields in (("dm", {}), ("relabel", RELABEL))}
 
 
 def fit_latents(lat: list[torch.Tensor]) -> TensorLatents:
@@ -94,17 +95,14 @@ def main() -> None:
     fit, (vx, vy) = split_fit_val(full, args.val_fraction)
     sampler = ArtifactSampler(art, "train", keep=fit, cache=True)
     c, h, _ = sampler.image_shape
-    vcfg = VAEConfig.model_validate(run.vae.model_dump())
-    vae = build_vae(vcfg, c, h)
-    train_vae(vae, sampler, vcfg)
+    vae = build_vae(run.vae, c, h)
+    train_vae(vae, sampler, run.vae)
     vae.eval()
     lat = class_latents(sampler, vae)
-    teacher, tmetrics = train_teacher(sampler, vx, vy, config=TeacherConfig.model_validate(
-        run.soft_labels.teacher.model_dump()))
+    teacher, tmetrics = train_teacher(sampler, vx, vy, config=run.soft_labels.teacher)
     print(f"teacher: {100 * tmetrics['test_acc']:.2f} % on validation ({time.perf_counter() - t_start:.0f} s)",
           flush=True)
-    recs = {k: v for k, v in recipes(run.evaluation.model_dump(exclude={"num_eval"}), args.num_eval,
-                                     run.soft_labels.temperature).items() if k in args.recipes.split(",")}
+    recs = {k: v for k, v in recipes(args.config, args.num_eval).items() if k in args.recipes.split(",")}
     rnd_sets = []
     for i in range(args.num_eval):
         x, y = random_subset(sampler, [args.ipc] * sampler.num_classes, seed=100 + i)
