@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from benchmarks.ddoq_weights import class_latents
 from benchmarks.hyperbolic import split_fit_val
 from ddcore.data import ArtifactSampler, open_artifact
@@ -169,8 +170,7 @@ def write(args: argparse.Namespace, run: RunConfig, recs: dict[str, EvalConfig],
            "random_accs": random_accs, "denoiser_seconds": den_seconds,
            "seconds": time.perf_counter() - t_start, "machine": platform.machine(), "cpus": os.cpu_count(),
            "load_avg_at_end": os.getloadavg(), "complete": complete, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out, newline=True)
 
 
 if __name__ == "__main__":

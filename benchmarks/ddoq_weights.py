@@ -21,11 +21,11 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from benchmarks.quality import fashion_mnist
 from ddcore.data import ArtifactSampler
 from ddcore.evaluate.metrics import summarize
@@ -149,8 +149,7 @@ def _write(args: argparse.Namespace, vcfg: VAEConfig, hard: EvalConfig, tmetrics
            "seconds": time.perf_counter() - t_start, "machine": platform.machine(), "cpus": os.cpu_count(),
            "load_avg_at_end": os.getloadavg(), "torch_threads": torch.get_num_threads(),
            "complete": complete, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Fashion-MNIST comes from ``DDFLOW_FASHION_MNIST`` or the Debian package's folder
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import write_json
 from ddcore import api
 
 PAPER: dict[str, dict[str, Any]] = {
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "eval": eval_cfg, "torch": torch.__version__, "machine": platform.machine(),
            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None, "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    write_json(out, res, indent=1)
     return res
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact
 from ddcore.distill.baselines import select_baseline
 from ddcore.distill.config import BaselineConfig, DistillConfig
@@ -236,13 +237,12 @@ def main() -> None:
             print(f"{pt['name']:<32} acc {100 * res.mean:5.1f} ± {100 * res.std:3.1f}  IOR {100 * ior.ior:+5.1f}"
                   + (f"  vs DM {100 * row['vs_dm']:+5.1f} ± {100 * row['vs_dm_std']:3.1f}" if "vs_dm" in row else "")
                   + f"  ({seconds:.0f} s, load {row['load_avg']:.1f})", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({
+            write_json(out, {
                 "benchmark": "hyperbolic", "phase": args.phase, "dataset": args.dataset, "ipc": args.ipc,
                 "split": args.split, "val_fraction": args.val_fraction, "budget": BUDGET, "hdd_choice": HDD_CHOICE,
                 "eval_protocol": ecfg.label, "random_accs": rdm_accs, "random_seeds": rdm_seeds,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2", "device": args.device,
-                "rows": rows}, indent=2))
+                "rows": rows})
     print(f"wrote {out}")
 
 

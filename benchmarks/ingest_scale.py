@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import write_json
 from benchmarks.imagenet_like import generate
 
 
@@ -88,8 +89,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     out = {"benchmark": "ingest_scale", "data": {k: info[k] for k in ("classes", "per_class", "size", "shard_size")},
            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2))
+    write_json(a.out, out)
     print(f"wrote {a.out}")
 
 

@@ -7,7 +7,6 @@ Usage: ``python benchmarks/ingest_speed.py [--repeats N]``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from ddcore.data import IngestConfig, ingest, open_artifact
 
 
@@ -59,8 +59,7 @@ def main() -> None:
                 f"{r['bytes'] / 1e6:.1f}")
         print(" ".join(f"{v:>10}" for v in vals))
     print(f"digest {res['digest']}  identical across runs: {res['digests_identical']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from ddcore.data import IngestConfig, ingest, open_artifact
 from ddcore.latent.ddoq import DDOQConfig
 from ddcore.latent.method import distill_from_latents
@@ -147,8 +148,7 @@ def main() -> None:
     res["total_seconds"] = time.perf_counter() - t0
     report(res)
     print(f"total {res['total_seconds']:.0f}s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

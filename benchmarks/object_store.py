@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "ddflow-bench"
 
@@ -146,8 +148,7 @@ def main() -> None:
     print(f"wall: {res['wall_s']}  load (start, end): {res['load']}  stored MB: {res['stored_mb']}  "
           f"same digests: {res['digests_equal']}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    write_json(out, res, indent=1, newline=True)
     print(f"wrote {out}")
 
 

@@ -36,6 +36,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PCT = 10.0
 ACC_FIELDS = ("acc_mean", "acc_std", "random_mean", "random_std")
@@ -236,8 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = run_benchmark(args)
     print_report(res)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    write_json(out, res)
     print(f"wrote {out}")
     return res
 

@@ -16,13 +16,13 @@ Usage: ``python -m benchmarks.quality [--ipcs 10] [--methods random,herding,dm,h
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact
 from ddcore.distill.baselines import select_baseline
 from ddcore.distill.config import BaselineConfig, DistillConfig
@@ -111,8 +111,7 @@ def write_results(args: argparse.Namespace, budget: dict, ecfg: EvalConfig, rows
     out = {"benchmark": "quality", "dataset": "fashion-mnist", "budget": args.budget, "budget_settings": budget,
            "eval_protocol": ecfg.label, "eval_config": ecfg.model_dump(mode="json"), "device": args.device,
            "complete": complete, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
     md = ["| IPC | method | acc (%) | random (%) | IOR (pts) |", "|---|---|---|---|---|"]
     md += [f"| {r['ipc']} | {r['method']} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} | "
            f"{100 * r['random_mean']:.1f} ± {100 * r['random_std']:.1f} | {100 * r['ior']:+.1f} |" for r in rows]

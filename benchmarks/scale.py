@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "imagenet1k.yaml"
 OUT_JSON = REPO / "benchmarks" / "results" / "scale.json"
@@ -261,9 +263,7 @@ def write_result(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
     if "projection" in old:
         result["projection"] = old["projection"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_json(out, result, indent=1)
     return exponents
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 SCALE_JSON = REPO / "benchmarks" / "results" / "scale.json"
 
@@ -152,9 +154,7 @@ def main() -> None:
         print(f"\nthis machine: {result['cpu_anchor']['achieved_gflops']} GFLOP/s achieved in encode_latents")
     if scale:
         scale["projection"] = result
-        tmp = SCALE_JSON.with_suffix(".tmp")
-        tmp.write_text(json.dumps(scale, indent=1))
-        tmp.replace(SCALE_JSON)
+        write_json(SCALE_JSON, scale, indent=1)
         print(f"wrote the projection into {SCALE_JSON}")
     else:
         print(f"{SCALE_JSON} not found: run benchmarks/scale.py first; nothing written")

@@ -14,13 +14,13 @@ Usage: ``python -m benchmarks.speed [--iterations 5] [--methods dm,hdd,ncfm] [--
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from benchmarks.reference_loops import ReferenceStyleStep
 from ddcore.distill.config import DistillConfig
 from ddcore.distill.init import initial_images
@@ -195,8 +195,7 @@ def main() -> None:
         print(f"\n{'real-side embedding (no grad)':<30} {'s':>7} {'speedup':>8} {'rel. err':>9}")
         for r in res["embedding"]:
             print(f"{r['embedding']:<30} {r['s']:>7.3f} {r['speedup']:>7.2f}x {r['rel_err']:>9.1e}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import write_json
 from ddcore.data.sources.idx import FILES, _locate, find_fashion_mnist, read_idx
 from ddcore.latent.vae import VAEConfig, build_vae, decode, encode, train_vae
 
@@ -98,8 +98,7 @@ def main() -> None:
     out = {"benchmark": "vae_quality", "dataset": "fashion-mnist", "validation": f"last {args.val} train images",
            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
            "machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
     print(f"{'blocks':<14} {'latent':<10} {'steps':>6} {'images':>7} {'val ratio':>9} {'PSNR':>6} {'test ratio':>10} "
           f"{'cpu s':>6}")
     for r in rows:

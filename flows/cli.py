@@ -10,6 +10,8 @@ import atexit
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -31,6 +33,15 @@ def fail(exc: BaseException) -> None:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A command's body: a :class:`DDFlowError` raised inside exits through :func:`fail` (one line, code 2)."""
+    try:
+        yield
+    except DDFlowError as exc:
+        fail(exc)
 
 
 class _NoUserErrorTracebacks(logging.Filter):
@@ -76,7 +87,6 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on
 # The commands live in modules of their own; importing them registers them on ``app``.
 from flows import cli_data, cli_run  # noqa: E402,F401
 from flows.cli_config import config_app  # noqa: E402 - the `ddflow config` sub-commands (schema, docs)
-from flows.cli_run import prefect_start_error, print_summary  # noqa: E402,F401 - public names
 
 app.add_typer(config_app, name="config")
 

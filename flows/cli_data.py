@@ -11,8 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ddcore.errors import DDFlowError
-from flows.cli import app, console, err_console, fail
+from flows.cli import app, console, err_console, user_errors
 
 
 def _progress() -> Progress:
@@ -43,7 +42,7 @@ def ingest(
     = False,
 ) -> None:
     """Turn a source into a canonical dataset artifact (WebDataset shards + manifest)."""
-    try:
+    with user_errors():
         from ddcore.data.ingestion import IngestConfig
         from ddcore.data.ingestion import ingest as run_ingest
         from flows.source_args import source_from_argument
@@ -57,8 +56,6 @@ def ingest(
             task = bar.add_task("ingest", total=None)
             meta = run_ingest(cfg, out, overwrite=overwrite,
                               progress=lambda n, total: bar.update(task, completed=n, total=total))
-    except DDFlowError as exc:
-        fail(exc)
     _print_info(out, meta)
 
 
@@ -92,12 +89,10 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print dataset.json instead of a table.")] = False,
 ) -> None:
     """Classes, counts per split, shape, normalisation and digest of an artifact."""
-    try:
+    with user_errors():
         from ddcore.data.artifact import DatasetArtifact
 
         art = DatasetArtifact.open(artifact, verify=verify)
-    except DDFlowError as exc:
-        fail(exc)
     if as_json:
         console.print_json(art.meta.to_json())
     else:
@@ -114,7 +109,7 @@ def show(
     scale: Annotated[int, typer.Option(help="Pixel magnification.")] = 2,
 ) -> None:
     """Write a PNG grid with one row of images per class."""
-    try:
+    with user_errors():
         from ddcore.data.artifact import DatasetArtifact
         from ddcore.data.grid import artifact_grid, png_bytes
         from ddcore.data.storage import check_output_file, write_file_atomic
@@ -122,8 +117,6 @@ def show(
         check_output_file(out)  # before drawing: a bad --out fails at once
         art = DatasetArtifact.open(artifact)
         write_file_atomic(out, png_bytes(artifact_grid(art, split=split, per_class=per_class, seed=seed, scale=scale)))
-    except DDFlowError as exc:
-        fail(exc)
     console.print(f"wrote {out}")
 
 
@@ -140,12 +133,10 @@ def export(
     """Export an artifact for other tools: png (per-class PNG folders of one split), imagefolder (train/ and test/
     class folders, ingestible), pt (one dict of tensors for torch.load(weights_only=True)), hf (a Hugging Face
     datasets folder, load_from_disk). imagefolder, pt and hf read back with 'ddflow ingest OUT'."""
-    try:
+    with user_errors():
         from ddcore.data.export import export_artifact
 
         res = export_artifact(artifact, fmt, out, split=split, overwrite=overwrite)
-    except DDFlowError as exc:
-        fail(exc)
     counts = ", ".join(f"{s} {n}" for s, n in res.counts.items())
     console.print(f"wrote {res.fmt} export of {sum(res.counts.values())} images ({counts}) to {res.out}")
     for note in res.notes:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from ddcore.errors import DDFlowError
-from flows.cli import app, configure_run_logging, console, err_console, fail
+from flows.cli import app, configure_run_logging, console, err_console, fail, user_errors
 
 
 def print_summary(summary: dict) -> None:
@@ -110,7 +110,7 @@ def plan(
     fmt: Annotated[str, typer.Option("--format", help="table | mermaid | json")] = "table",
 ) -> None:
     """Show the run plan of CONFIG: every stage node and whether it is cached, to compute or forced (runs nothing)."""
-    try:
+    with user_errors():
         from ddcore.errors import ConfigError
         from flows.config import load_config
         from flows.plan_view import counts, node_states, plan_for_store, to_json, to_mermaid
@@ -123,8 +123,6 @@ def plan(
         store = ArtifactStore(default_root(root))
         the_plan = plan_for_store(cfg, store)
         states = node_states(the_plan, store, force or [])
-    except DDFlowError as exc:
-        fail(exc)
     if fmt == "mermaid":
         print(to_mermaid(states))
         return
@@ -208,7 +206,7 @@ def lineage(
     = None,
 ) -> None:
     """Show where an artifact comes from: the chain of stages back to the source data (from ref.json files)."""
-    try:
+    with user_errors():
         from flows.roots import default_root
         from tasks.runtime.lineage import build_lineage, lineage_json, lineage_tree, resolve_record
         from tasks.runtime.store import ArtifactStore
@@ -219,8 +217,6 @@ def lineage(
         if uri is None and store.is_local and Path(store.root, "mlflow.db").is_file():
             uri = f"sqlite:///{store.root}/mlflow.db"
         node = build_lineage(store, resolve_record(store, ref, tracker=Tracker(uri) if uri else None))
-    except DDFlowError as exc:
-        fail(exc)
     if as_json:
         console.print_json(json.dumps(lineage_json(node)))
     else:
@@ -242,7 +238,7 @@ def serve(
     limit: Annotated[int, typer.Option(help="Concurrent runs of this serving process.")] = 1,
 ) -> None:
     """Serve CONFIG on a cron or interval schedule (needs 'prefect server start' and PREFECT_API_URL)."""
-    try:
+    with user_errors():
         from flows.temp_server import prefect_env
 
         prefect_env()
@@ -250,5 +246,3 @@ def serve(
 
         serve_config(config, cron=cron, interval=interval, name=name, entrypoint=entrypoint, overrides=overrides,
                      root=root, force=force, limit=limit)
-    except DDFlowError as exc:
-        fail(exc)

@@ -20,12 +20,6 @@ STAGE_MODULES = {
     "merge": "tasks.merge", "prune": "tasks.prune", "evaluate_round": "tasks.evaluate", "evaluate": "tasks.evaluate",
     "baseline_round": "tasks.evaluate", "baseline": "tasks.evaluate", "report": "tasks.report",
 }
-_EXTRA: dict[str, Stage] = {}
-
-
-def register_stage(stage: Stage) -> None:
-    """Make a stage declared outside ``tasks/`` (a plugin, a test) findable by :func:`get_stage`."""
-    _EXTRA[stage.name] = stage
 
 
 def get_stage(name: str) -> Stage:
@@ -33,10 +27,8 @@ def get_stage(name: str) -> Stage:
     from ddcore.errors import ConfigError
     from tasks.runtime.stage import Stage
 
-    if name in _EXTRA:
-        return _EXTRA[name]
     if name not in STAGE_MODULES:
-        raise ConfigError(f"unknown stage {name!r}; choose from {', '.join(sorted({*STAGE_MODULES, *_EXTRA}))}")
+        raise ConfigError(f"unknown stage {name!r}; choose from {', '.join(sorted(STAGE_MODULES))}")
     module = importlib.import_module(STAGE_MODULES[name])
     for value in vars(module).values():
         if isinstance(value, Stage) and value.name == name:

@@ -68,7 +68,8 @@ def _run_dict(run: Any) -> dict:
     return {k: d[k] for k in ("acc", "seed", "selected_epoch", "protocol", "num_train")}
 
 
-def _write(out: str, doc: dict) -> None:
+def write_results(out: str, doc: dict) -> None:
+    """Write ``doc`` as the stage output's ``results.json`` (sorted keys: the same doc gives the same bytes)."""
     fs, path = fsio.get_fs(out)
     fs.makedirs(path, exist_ok=True)
     with fsio.open_write(fs, fsio.join(path, RESULTS)) as f:
@@ -76,6 +77,7 @@ def _write(out: str, doc: dict) -> None:
 
 
 def read_results(uri: str) -> dict:
+    """The ``results.json`` of an evaluation, baseline or report output."""
     fs, path = fsio.get_fs(uri)
     return json.loads(fs.cat_file(fsio.join(path, RESULTS)))
 
@@ -112,25 +114,36 @@ def _progress(ctx: StageContext) -> Callable[[int, int, float], None]:
     return lambda ep, passes, loss: ctx.progress(ep + 1, passes, "epochs", loss=loss)
 
 
+def _train_round(data: Any, x: Any, y: Any, inputs: dict[str, ArtifactRef], spec: Any, i: int, num_classes: int,
+                 ctx: StageContext, **labels: Any) -> Any:
+    """Round ``i`` of an evaluation spec (``spec.eval``, ``spec.teacher``, ``spec.checkpoint_every``): a fresh
+    network trained on ``x, y`` (``labels``: weights / soft labels) and tested on the held-out split."""
+    test_x, test_y = load_test_split(data, test_split(data), memory_mb=spec.eval.test_memory_mb,
+                                     workers=spec.eval.loader_workers)
+    teacher = _teacher(inputs, spec.teacher, num_classes, tuple(test_x.shape[1:]), ctx.device)
+    return train_and_evaluate(x, y, test_x, test_y, config=spec.eval, seed=spec.eval.seed + i,
+                              num_classes=num_classes, teacher=teacher, device=ctx.device,
+                              checkpoint=_checkpoint(ctx, spec.checkpoint_every), progress=_progress(ctx), **labels)
+
+
+def _finish_round(out: str, ctx: StageContext, i: int, doc: dict, t0: float) -> dict:
+    write_results(out, doc)
+    ctx.log_metrics(i, {"acc": doc["acc"]})
+    return {"acc": doc["acc"], "seconds": time.perf_counter() - t0}
+
+
 def evaluate_round_stage(inputs: dict[str, ArtifactRef], config: EvalRoundConfig, out: str,
                          ctx: StageContext) -> dict:
     """Round ``config.index``: train a fresh network on the synthetic set, test on the real test split."""
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
     ev, i = config.evaluate, config.index
-    test_x, test_y = load_test_split(data, test_split(data), memory_mb=ev.eval.test_memory_mb,
-                                     workers=ev.eval.loader_workers)
     sset = load_synthetic(inputs["synthetic"].uri)
-    teacher = _teacher(inputs, ev.teacher, sset.num_classes, tuple(test_x.shape[1:]), ctx.device)
-    run = train_and_evaluate(sset.images, sset.labels, test_x, test_y, config=ev.eval, seed=ev.eval.seed + i,
-                             num_classes=sset.num_classes, weights=sset.weights if ev.use_weights else None,
-                             soft_labels=sset.soft_labels if ev.use_soft_labels else None, teacher=teacher,
-                             device=ctx.device, checkpoint=_checkpoint(ctx, ev.checkpoint_every),
-                             progress=_progress(ctx))
+    run = _train_round(data, sset.images, sset.labels, inputs, ev, i, sset.num_classes, ctx,
+                       weights=sset.weights if ev.use_weights else None,
+                       soft_labels=sset.soft_labels if ev.use_soft_labels else None)
     doc = {"kind": "synthetic-round", "index": i, "eval_config_digest": ev.eval.digest(), **_run_dict(run)}
-    _write(out, doc)
-    ctx.log_metrics(i, {"acc": run.acc})
-    return {"acc": run.acc, "seconds": time.perf_counter() - t0}
+    return _finish_round(out, ctx, i, doc, t0)
 
 
 def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundConfig, out: str,
@@ -139,45 +152,36 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     t0 = time.perf_counter()
     data = open_artifact(inputs["dataset"].uri)
     bc, i, k = config.baseline, config.index, data.meta.num_classes
-    test_x, test_y = load_test_split(data, test_split(data), memory_mb=bc.eval.test_memory_mb,
-                                     workers=bc.eval.loader_workers)
     x, y = random_subset(ArtifactSampler(data, "train"), [bc.ipc] * k, seed=bc.subset_seed + i)
-    teacher = _teacher(inputs, bc.teacher, k, tuple(test_x.shape[1:]), ctx.device)
-    run = train_and_evaluate(x, y, test_x, test_y, config=bc.eval, seed=bc.eval.seed + i, num_classes=k,
-                             teacher=teacher, device=ctx.device, checkpoint=_checkpoint(ctx, bc.checkpoint_every),
-                             progress=_progress(ctx))
+    run = _train_round(data, x, y, inputs, bc, i, k, ctx)
     doc = {"kind": "random-round", "index": i, "eval_config_digest": bc.eval.digest(), **_run_dict(run),
            "subset_seed": bc.subset_seed + i}
-    _write(out, doc)
-    ctx.log_metrics(i, {"acc": run.acc})
-    return {"acc": run.acc, "seconds": time.perf_counter() - t0}
+    return _finish_round(out, ctx, i, doc, t0)
+
+
+def _aggregate_stage(inputs: dict[str, ArtifactRef], ec: Any, out: str, ctx: StageContext, doc: dict) -> dict:
+    """Aggregate the rounds (inputs ``round-000`` ...) into ``results.json``: ``doc`` plus the rounds' summary."""
+    rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
+    mean, std = summarize(accs)
+    write_results(out, {**doc, "protocol": ec.label, "eval_config_digest": ec.digest(), "rounds": rounds, "accs": accs,
+                 "acc_mean": mean, "acc_std": std})
+    ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
+    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
 
 
 def evaluate_stage(inputs: dict[str, ArtifactRef], config: EvaluateConfig, out: str, ctx: StageContext) -> dict:
     """Aggregate the rounds (inputs ``round-000`` ...) of one synthetic set into ``results.json``."""
-    ec = config.eval
-    rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
-    mean, std = summarize(accs)
     syn = inputs["synthetic"]
     sset = load_synthetic(syn.uri)
-    _write(out, {"kind": "synthetic", "synthetic": syn.uri, "synthetic_digest": syn.sha256,
-                 "method": sset.method, "ipc": sset.ipc, "n_images": int(sset.images.shape[0]), "protocol": ec.label,
-                 "eval_config_digest": ec.digest(), "rounds": rounds, "accs": accs, "acc_mean": mean,
-                 "acc_std": std, "labels": "teacher" if config.teacher else "set"})
-    ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
-    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
+    return _aggregate_stage(inputs, config.eval, out, ctx, {
+        "kind": "synthetic", "synthetic": syn.uri, "synthetic_digest": syn.sha256, "method": sset.method,
+        "ipc": sset.ipc, "n_images": int(sset.images.shape[0]), "labels": "teacher" if config.teacher else "set"})
 
 
 def baseline_stage(inputs: dict[str, ArtifactRef], config: BaselineEvalConfig, out: str, ctx: StageContext) -> dict:
     """Aggregate the random-baseline rounds (inputs ``round-000`` ...) of one IPC into ``results.json``."""
-    ec = config.eval
-    rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
-    mean, std = summarize(accs)
-    _write(out, {"kind": "random", "ipc": config.ipc, "protocol": ec.label, "eval_config_digest": ec.digest(),
-                 "rounds": rounds, "accs": accs, "acc_mean": mean, "acc_std": std,
-                 "labels": "teacher" if config.teacher else "hard"})
-    ctx.log_metrics(0, {"acc_mean": mean, "acc_std": std})
-    return {"acc_mean": mean, "acc_std": std, "n_eval": len(accs)}
+    return _aggregate_stage(inputs, config.eval, out, ctx, {
+        "kind": "random", "ipc": config.ipc, "labels": "teacher" if config.teacher else "hard"})
 
 
 EVALUATE_ROUND = make_stage_task("evaluate_round", evaluate_round_stage, "eval", retries=1, tags=("gpu",))

@@ -19,7 +19,6 @@ Output: ``results.json`` and ``accuracy_vs_ipc.png``.
 from __future__ import annotations
 
 import io
-import json
 import time
 from typing import Any
 
@@ -27,18 +26,15 @@ from ddcore.data import open_artifact
 from ddcore.data import storage as fsio
 from ddcore.evaluate.metrics import accs_by_seed, paired_scores, stored_ipc
 from tasks.configs import ReportConfig
-from tasks.evaluate import read_results
+from tasks.evaluate import read_results, write_results
 from tasks.runtime.refs import ArtifactRef, read_record_at
 from tasks.runtime.stage import StageContext, make_stage_task
 
-RESULTS = "results.json"
 IOR_BASELINE = ("same storage budget (DD-Ranking): random real subset with baseline_ipc = the row's IPC of stored "
                 "images (stored_ipc); a set whose stored images decode into more (images_per_class) is not given "
                 "a larger baseline")
 HLR_RULE = ("per round (paired by network seed): HLR = full_data_acc - hard-label accuracy of the row named in "
             "hlr_from (a +soft row uses its hard-label row); LRS from that round's IOR and HLR; *_std over rounds")
-
-
 
 
 def _scores(row: dict[str, Any], name: str, res: dict[str, Any], base: dict[str, Any] | None, bname: str,
@@ -125,11 +121,8 @@ def accuracy_plot(rows: list[dict[str, Any]]) -> bytes:
 def report_stage(inputs: dict[str, ArtifactRef], config: ReportConfig, out: str, ctx: StageContext) -> dict:
     t0 = time.perf_counter()
     rows = build_rows(inputs, config)
+    write_results(out, {"run": config.run, "results": rows, "ior_baseline": IOR_BASELINE, "hlr_rule": HLR_RULE})
     fs, path = fsio.get_fs(out)
-    fs.makedirs(path, exist_ok=True)
-    with fsio.open_write(fs, fsio.join(path, RESULTS)) as f:
-        f.write(json.dumps({"run": config.run, "results": rows, "ior_baseline": IOR_BASELINE, "hlr_rule": HLR_RULE},
-                           indent=2, sort_keys=True).encode())
     with fsio.open_write(fs, fsio.join(path, "accuracy_vs_ipc.png")) as f:
         f.write(accuracy_plot(rows))
     for i, r in enumerate(rows):
@@ -137,9 +130,7 @@ def report_stage(inputs: dict[str, ArtifactRef], config: ReportConfig, out: str,
     return {"rows": len(rows), "seconds": time.perf_counter() - t0}
 
 
-def read_report(uri: str) -> dict[str, Any]:
-    fs, path = fsio.get_fs(uri)
-    return json.loads(fs.cat_file(fsio.join(path, RESULTS)))
+read_report = read_results  # the report's results.json
 
 
 REPORT = make_stage_task("report", report_stage, "report", retries=1)

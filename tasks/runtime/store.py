@@ -136,11 +136,7 @@ class ArtifactStore:
     # -- keys ------------------------------------------------------------------------------
     def key_for(self, stage: str, config: StageConfig,
                 upstream: Sequence[ArtifactRef] | Mapping[str, ArtifactRef] = ()) -> str:
-        """Content address of a stage output (20 hex chars).
-
-        Hash of the stage name, ``config.digest()``, the upstream sha256 digests (with their input names
-        when a mapping is given) and the ddflow version. Upstream *content* counts, not where it lives.
-        """
+        """Content address of a stage output: :func:`stage_key`."""
         return stage_key(stage, config, upstream)
 
     # -- reading ---------------------------------------------------------------------------
