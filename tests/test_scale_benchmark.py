@@ -94,3 +94,16 @@ def test_fit_exponents_gives_none_where_the_points_cannot_separate_the_two_axes(
             for cl in (10, 100, 1000)]
     e = fit_exponents(rows)["s"]
     assert e["images"] is None and e["classes"] is None and e["images_tail"] is None
+
+
+def test_benchmark_json_is_written_whole_and_as_json_dumps_writes_it(tmp_path: Path) -> None:
+    """benchmarks.write_json creates the folder, writes exactly json.dumps's text (with the asked indent and
+    trailing newline) and leaves no temporary file beside the result."""
+    from benchmarks import write_json
+
+    doc = {"rows": [{"acc": 0.5, "name": "dm"}], "machine": "x86_64, 2 cores"}
+    out = write_json(tmp_path / "a" / "r.json", doc, indent=1, newline=True)
+    assert out.read_text() == json.dumps(doc, indent=1) + "\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.json"]
+    write_json(out, {"rows": []})
+    assert json.loads(out.read_text()) == {"rows": []} and not out.read_text().endswith("\n")
