@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.data import storage as fsio
@@ -25,10 +25,15 @@ from ddcore.errors import DataError
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.suite import random_subset
 from ddcore.evaluate.test_data import load_test_split
-from ddcore.evaluate.train import EpochCheckpoint, train_and_evaluate
+from ddcore.evaluate.train import EpochCheckpoint, EvalRun, train_and_evaluate
 from tasks.configs import BaselineEvalConfig, BaselineRoundConfig, EvalRoundConfig, EvaluateConfig
 from tasks.runtime.refs import ArtifactRef, numbered, numbered_inputs
 from tasks.runtime.stage import StageContext, make_stage_task
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddcore.evaluate.protocol import EvalConfig
 
 RESULTS = "results.json"
 ROUND = "round"
@@ -114,8 +119,9 @@ def _progress(ctx: StageContext) -> Callable[[int, int, float], None]:
     return lambda ep, passes, loss: ctx.progress(ep + 1, passes, "epochs", loss=loss)
 
 
-def _train_round(data: Any, x: Any, y: Any, inputs: dict[str, ArtifactRef], spec: Any, i: int, num_classes: int,
-                 ctx: StageContext, **labels: Any) -> Any:
+def _train_round(data: DatasetArtifact, x: torch.Tensor, y: torch.Tensor, inputs: dict[str, ArtifactRef],
+                 spec: EvaluateConfig | BaselineEvalConfig, i: int, num_classes: int, ctx: StageContext,
+                 **labels: Any) -> EvalRun:
     """Round ``i`` of an evaluation spec (``spec.eval``, ``spec.teacher``, ``spec.checkpoint_every``): a fresh
     network trained on ``x, y`` (``labels``: weights / soft labels) and tested on the held-out split."""
     test_x, test_y = load_test_split(data, test_split(data), memory_mb=spec.eval.test_memory_mb,
@@ -159,7 +165,7 @@ def baseline_round_stage(inputs: dict[str, ArtifactRef], config: BaselineRoundCo
     return _finish_round(out, ctx, i, doc, t0)
 
 
-def _aggregate_stage(inputs: dict[str, ArtifactRef], ec: Any, out: str, ctx: StageContext, doc: dict) -> dict:
+def _aggregate_stage(inputs: dict[str, ArtifactRef], ec: EvalConfig, out: str, ctx: StageContext, doc: dict) -> dict:
     """Aggregate the rounds (inputs ``round-000`` ...) into ``results.json``: ``doc`` plus the rounds' summary."""
     rounds, accs = _aggregate(inputs, ec.num_eval, ec.digest())
     mean, std = summarize(accs)
