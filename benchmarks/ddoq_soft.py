@@ -15,7 +15,8 @@ the validation part, so what is chosen here never saw the test split. Points:
 * random real subsets of the fit part under the same teacher and recipe, network seed i paired with subset
   seed 100 + i as in the pipeline's baseline.
 
-Per point: accuracy over ``--num-eval`` networks and the paired gap to random (same network seed) with its std.
+Per point: accuracy over ``--num-eval`` networks and the paired gap to random (same network seed) with its std
+(:func:`ddcore.evaluate.metrics.paired_scores`' IOR).
 Prints a table and writes ``benchmarks/results/ddoq_soft_val.json`` (rewritten after every point).
 Usage: ``python -m benchmarks.ddoq_soft [--denoiser-epochs 2,4] [--strengths 0.5,0.7] [--recipes dm,relabel]``
 """
@@ -37,7 +38,7 @@ from benchmarks import write_json
 from benchmarks.ddoq_weights import class_latents
 from benchmarks.hyperbolic import split_fit_val
 from ddcore.data import ArtifactSampler, open_artifact
-from ddcore.evaluate.metrics import summarize
+from ddcore.evaluate.metrics import by_seed, paired_scores, summarize
 from ddcore.evaluate.protocol import EvalConfig
 from ddcore.evaluate.suite import evaluate_set, random_subset
 from ddcore.evaluate.teacher import train_teacher
@@ -64,11 +65,6 @@ def recipes(config: str, num_eval: int) -> dict[str, EvalConfig]:
 def fit_latents(lat: list[torch.Tensor]) -> TensorLatents:
     """The per-class latents as one denoiser training source (labels = class index)."""
     return TensorLatents(torch.cat(lat), np.concatenate([np.full(z.shape[0], c, np.int64) for c, z in enumerate(lat)]))
-
-
-def paired_gap(accs: list[float], rnd: list[float]) -> tuple[float, float]:
-    """Mean and std of ``accs[i] - rnd[i]`` (same network seed i)."""
-    return summarize([a - b for a, b in zip(accs, rnd, strict=True)])
 
 
 def main() -> None:
@@ -147,7 +143,10 @@ def main() -> None:
                                     image_size=h, pushforward=pf)
                 for rname, rc in recs.items():
                     accs = evaluate_set(made.synthetic, vx, vy, config=rc, teacher=teacher).accs
-                    gap = paired_gap(accs, random_accs[rname])
+                    seeds = [rc.seed + i for i in range(args.num_eval)]  # the network seeds of both sides
+                    paired = paired_scores(by_seed(seeds, accs, variant), names=(variant, "random", "-"),
+                                           baseline=by_seed(seeds, random_accs[rname], "random"))
+                    gap = (paired.ior, paired.ior_std)
                     rows.append({"variant": variant, "decoding": name, "max_train_timestep": limit,
                                  "denoiser_epochs": epochs, "strength": strength, "guidance": guidance,
                                  "recipe": rname, "accs": accs,
