@@ -262,7 +262,6 @@ def write_result(out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any
               "rows": rows, "exponents": exponents, "runs": runs}
     if "projection" in old:
         result["projection"] = old["projection"]
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, indent=1)
     return exponents
 
