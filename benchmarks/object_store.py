@@ -25,9 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks import write_json
+from benchmarks import run_timed, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "ddflow-bench"
 
 
@@ -55,15 +54,11 @@ def run_pipeline(config: str, sets: list[str], root: str, work: Path, env: dict[
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / tag / 'mlflow.db'}", "PREFECT_HOME": str(work / tag)}
     (work / tag).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "flows.cli", "run", config, "--root", root, *[a for s in sets for a in ("--set", s)]]
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    with open(work / tag / "run.log", "wb") as log:
-        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
+    timed = run_timed(cmd, work / tag / "run.log", env)
+    if timed.returncode != 0:
         tail = (work / tag / "run.log").read_text(errors="replace").splitlines()[-40:]
         raise SystemExit("\n".join([*tail, f"error: the {tag} run failed (its log ends above)"]))
-    return {"wall_s": round(wall, 1), "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2),
+    return {"wall_s": round(timed.wall_s, 1), "load_start": timed.load_start, "load_end": timed.load_end,
             "summary": read_summary(root, env)}
 
 

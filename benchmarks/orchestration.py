@@ -31,14 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import write_json
+from benchmarks import REPO, run_timed, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_PCT = 10.0
 ACC_FIELDS = ("acc_mean", "acc_std", "random_mean", "random_std")
 
@@ -47,14 +45,6 @@ def ddflow_command() -> list[str]:
     """The installed ``ddflow`` console script next to this interpreter, else ``python -m flows.cli``."""
     script = Path(sys.executable).parent / "ddflow"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "flows.cli"]
-
-
-def timed_subprocess(cmd: list[str], log: Path, env: dict[str, str], timeout: float) -> tuple[float, int]:
-    """Run ``cmd`` in the repository (output to ``log``); returns (wall seconds, exit code)."""
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
-    return time.perf_counter() - t0, proc.returncode
 
 
 def fail(what: str, log: Path) -> None:
@@ -138,13 +128,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         flow_root = work / "flow"
         cmd = [*ddflow_command(), "run", args.config, "--root", str(flow_root), *sets]
         print(f"(a) uncached: {' '.join(cmd)}", flush=True)
-        wall, rc = timed_subprocess(cmd, work / "flow.log", env, args.timeout)
-        if rc != 0:
+        t = run_timed(cmd, work / "flow.log", env, args.timeout)
+        if t.returncode != 0:
             fail("ddflow run (uncached)", work / "flow.log")
         summary = load_summary(flow_root, cfg.name)
-        res["flow"] = {"wall_s": round(wall, 3), "flow_seconds": summary["seconds"], "stages": summary["stages"],
+        res["flow"] = {"wall_s": round(t.wall_s, 3), "flow_seconds": summary["seconds"], "stages": summary["stages"],
                        "results": summary["results"], "config_digest": summary["config_digest"],
-                       "outside_run_s": round(wall - summary["seconds"], 3),
+                       "outside_run_s": round(t.wall_s - summary["seconds"], 3),
                        "cached_in_run": [st["name"] for st in summary["stages"] if st["cached"]]}
         res["load_avg"]["after_flow"] = load_avg()
         if not args.skip_direct:
@@ -152,11 +142,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             cmd = [sys.executable, "-m", "benchmarks.direct_pipeline", args.config, str(work / "direct"), str(out),
                    *sets]
             print(f"(b) direct:   {' '.join(cmd)}", flush=True)
-            wall, rc = timed_subprocess(cmd, work / "direct.log", env, args.timeout)
-            if rc != 0:
+            t = run_timed(cmd, work / "direct.log", env, args.timeout)
+            if t.returncode != 0:
                 fail("direct run", work / "direct.log")
             direct = json.loads(out.read_text())
-            res["direct"] = {"wall_s": round(wall, 3), **direct}
+            res["direct"] = {"wall_s": round(t.wall_s, 3), **direct}
             res["accuracy_check"] = compare_accuracies(summary["results"], direct["results"])
             res["config_digest_equal"] = direct["config_digest"] == summary["config_digest"]
             res["unmirrored_flow_stages"] = sorted(set(by_kind(summary["stages"])) - set(by_kind(direct["stages"]))
@@ -165,11 +155,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_cached:
             cmd = [*ddflow_command(), "run", args.config, "--root", str(flow_root), *sets]
             print("(c) cached re-run on the same root", flush=True)
-            wall, rc = timed_subprocess(cmd, work / "cached.log", env, args.timeout)
-            if rc != 0:
+            t = run_timed(cmd, work / "cached.log", env, args.timeout)
+            if t.returncode != 0:
                 fail("ddflow run (cached)", work / "cached.log")
             again = load_summary(flow_root, cfg.name)
-            res["cached"] = {"wall_s": round(wall, 3), "flow_seconds": again["seconds"],
+            res["cached"] = {"wall_s": round(t.wall_s, 3), "flow_seconds": again["seconds"],
                              "all_cached": all(st["cached"] for st in again["stages"]),
                              "not_cached": [st["name"] for st in again["stages"] if not st["cached"]],
                              "same_results": again["results"] == summary["results"]}

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,9 +38,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks import write_json
+from benchmarks import REPO, run_timed, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "imagenet1k.yaml"
 OUT_JSON = REPO / "benchmarks" / "results" / "scale.json"
 POINTS = ["10x10@64", "10x50@64", "100x10@64", "100x50@64", "1000x10@64", "1000x50@64", "100x50@128"]
@@ -190,19 +188,14 @@ def run_point(text: str, work: Path, *, seed: int = 0) -> dict[str, Any]:
                                        sort_keys=False))
     env = {**os.environ, "DDFLOW_ROOT": str(root)}
     log = work / f"{name}.log"
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()[0]
-    with log.open("w") as fh:
-        cmd = [str(Path(sys.executable).parent / "ddflow"), "run", str(cfg_path), "--root", str(root)]
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        _, status, _ = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    timed = run_timed([str(Path(sys.executable).parent / "ddflow"), "run", str(cfg_path), "--root", str(root)], log,
+                      env)
+    if timed.returncode != 0:
         raise SystemExit(f"[{text}] ddflow run failed; see {log}")
     summary = json.loads((root / "runs" / name / "summary.json").read_text())
-    rows = point_rows(root, (classes, per_class, size), wall)
-    run = {"point": text, "wall_s": round(wall, 1), "flow_s": summary["seconds"], "load_start": round(load0, 2),
-           "load_end": round(os.getloadavg()[0], 2), "log": str(log),
+    rows = point_rows(root, (classes, per_class, size), timed.wall_s)
+    run = {"point": text, "wall_s": round(timed.wall_s, 1), "flow_s": summary["seconds"],
+           "load_start": timed.load_start, "load_end": timed.load_end, "log": str(log),
            "results": [{k: r[k] for k in ("method", "ipc", "labels", "acc_mean")} for r in summary["results"]]}
     return {"rows": rows, "run": run}
 

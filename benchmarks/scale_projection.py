@@ -14,15 +14,13 @@ divided by the stage times ``benchmarks/scale.py`` measured, gives the rate this
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import write_json
+from benchmarks import REPO, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 SCALE_JSON = REPO / "benchmarks" / "results" / "scale.json"
 
 ASSUMPTIONS: dict[str, Any] = {

@@ -107,3 +107,17 @@ def test_benchmark_json_is_written_whole_and_as_json_dumps_writes_it(tmp_path: P
     assert sorted(p.name for p in out.parent.iterdir()) == ["r.json"]
     write_json(out, {"rows": []})
     assert json.loads(out.read_text()) == {"rows": []} and not out.read_text().endswith("\n")
+
+
+def test_run_timed_gives_the_exit_code_and_keeps_the_output_in_its_log(tmp_path: Path) -> None:
+    """benchmarks.run_timed runs in the repository, writes stdout and stderr to the log and returns the exit
+    code, a non-negative wall time and the load averages around the run."""
+    import os
+    import sys
+
+    from benchmarks import REPO, run_timed
+
+    code = "import os, sys; print(os.getcwd()); print('err', file=sys.stderr); sys.exit(3)"
+    timed = run_timed([sys.executable, "-c", code], tmp_path / "run.log", dict(os.environ))
+    assert timed.returncode == 3 and timed.wall_s >= 0 and timed.load_start >= 0 and timed.load_end >= 0
+    assert (tmp_path / "run.log").read_text().split() == [str(REPO), "err"]
