@@ -40,13 +40,12 @@ from benchmarks.hyperbolic import split_fit_val
 from ddcore.data import ArtifactSampler, open_artifact
 from ddcore.evaluate.metrics import by_seed, paired_scores, summarize
 from ddcore.evaluate.protocol import EvalConfig
-from ddcore.evaluate.suite import evaluate_set, random_subset
+from ddcore.evaluate.suite import evaluate_random, evaluate_set
 from ddcore.evaluate.teacher import train_teacher
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.denoiser import DenoiserConfig, TensorLatents, build_scheduler, build_unet, train_denoiser
 from ddcore.latent.pushforward import LatentDenoiser, Pushforward, PushforwardConfig
 from ddcore.latent.vae import build_vae, train_vae
-from ddcore.synthetic import SyntheticSet
 from flows.config import RunConfig, load_config
 
 RELABEL = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "lr_schedule": "cosine", "cutmix": True,
@@ -100,14 +99,8 @@ def main() -> None:
     print(f"teacher: {100 * tmetrics['test_acc']:.2f} % on validation ({time.perf_counter() - t_start:.0f} s)",
           flush=True)
     recs = {k: v for k, v in recipes(args.config, args.num_eval).items() if k in args.recipes.split(",")}
-    rnd_sets = []
-    for i in range(args.num_eval):
-        x, y = random_subset(sampler, [args.ipc] * sampler.num_classes, seed=100 + i)
-        rnd_sets.append(SyntheticSet(images=x, labels=y, mean=sampler.mean, std=sampler.std,
-                                     num_classes=sampler.num_classes, method="random"))
-    random_accs = {name: [evaluate_set(s, vx, vy, teacher=teacher, config=rc.model_copy(
-        update={"num_eval": 1, "seed": rc.seed + i})).accs[0] for i, s in enumerate(rnd_sets)]
-        for name, rc in recs.items()}
+    random_accs = {name: evaluate_random(sampler, [args.ipc] * sampler.num_classes, vx, vy, config=rc,
+                                         teacher=teacher).accs for name, rc in recs.items()}
     for name, accs in random_accs.items():
         print(f"random  {name:8s} {100 * np.mean(accs):5.1f} ± {100 * np.std(accs):.1f}", flush=True)
     rows: list[dict] = []

@@ -30,13 +30,12 @@ from benchmarks.quality import fashion_mnist
 from ddcore.data import ArtifactSampler
 from ddcore.evaluate.metrics import summarize
 from ddcore.evaluate.protocol import EvalConfig
-from ddcore.evaluate.suite import evaluate_set, random_subset
+from ddcore.evaluate.suite import evaluate_random, evaluate_set
 from ddcore.evaluate.teacher import TeacherConfig, train_teacher
 from ddcore.latent.ddoq import DDOQConfig, distill_ddoq
 from ddcore.latent.kmeans import cell_masses, w2_uniform, w2_weighted
 from ddcore.latent.vae import VAEConfig, build_vae, encode, train_vae
 from ddcore.seeding import derive_seed
-from ddcore.synthetic import SyntheticSet
 
 
 def class_latents(sampler: ArtifactSampler, vae: torch.nn.Module) -> list[torch.Tensor]:
@@ -113,17 +112,11 @@ def main() -> None:
                                          image_size=h)
         assert torch.equal(made["ddoq"].synthetic.images, made["d4m"].synthetic.images), "same k-means, same images"
         w2w, w2u = w2_means(lat, made["ddoq"].centroids, made["ddoq"].synthetic.extra["cell_counts"], 0)
-        rnd_sets = []
-        for i in range(args.num_eval if args.random else 0):
-            x, y = random_subset(sampler, [ipc] * sampler.num_classes, seed=100 + i)
-            rnd_sets.append(SyntheticSet(images=x, labels=y, mean=sampler.mean, std=sampler.std,
-                                         num_classes=sampler.num_classes, method="random"))
         for label, ecfg, tch in [p for p in (("hard", hard, None), ("soft", soft, teacher)) if p[0] in labels]:
             accs = {v: evaluate_set(made[v].synthetic, test_x, test_y, config=ecfg, teacher=tch).accs
                     for v in ("ddoq", "d4m")}
-            rnd = [evaluate_set(s, test_x, test_y, teacher=tch,
-                                config=ecfg.model_copy(update={"num_eval": 1, "seed": ecfg.seed + i})).accs[0]
-                   for i, s in enumerate(rnd_sets)]
+            rnd = evaluate_random(sampler, [ipc] * sampler.num_classes, test_x, test_y, config=ecfg,
+                                  teacher=tch).accs if args.random else []
             diff = [a - b for a, b in zip(accs["ddoq"], accs["d4m"], strict=True)]
             row = {"ipc": ipc, "labels": label, "ddoq": accs["ddoq"], "d4m": accs["d4m"], "random": rnd,
                    "ddoq_mean_std": summarize(accs["ddoq"]), "d4m_mean_std": summarize(accs["d4m"]),

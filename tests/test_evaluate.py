@@ -15,11 +15,13 @@ from ddcore.evaluate import (
     BEST_LABEL,
     EvalConfig,
     ars,
+    evaluate_random,
     evaluate_set,
     evaluate_with_baseline,
     hlr,
     ior,
     lrs,
+    random_subset,
     summarize,
     train_and_evaluate,
 )
@@ -264,6 +266,23 @@ def test_evaluate_set_records_seeds_and_baseline_gives_paired_ior_hlr_lrs() -> N
     with pytest.raises(DataError):
         evaluate_with_baseline(syn, wrong, *TEST, config=cfg)
 
+
+
+def test_random_baseline_alone_is_the_baselines_rounds_each_a_seeded_subset_and_network() -> None:
+    """evaluate_random's round i is the network of seed config.seed + i trained on random_subset(seed =
+    random_seed + i), and its rounds are the random rounds evaluate_with_baseline pairs with the set."""
+    cfg = tiny(epochs=2, num_eval=2, seed=3)
+    real = TensorSampler(*blobs(10, seed=5), num_classes=K, mean=(0.0,), std=(1.0,))
+    alone = evaluate_random(real, [2] * K, *TEST, config=cfg, random_seed=40)
+    assert alone.seeds == [3, 4]
+    x, y = random_subset(real, [2] * K, seed=41)
+    one = train_and_evaluate(x, y, *TEST, config=cfg, seed=4, num_classes=K)
+    assert alone.accs[1] == one.acc
+    syn = SyntheticSet(images=TRAIN[0][::3], labels=TRAIN[1][::3], mean=(0.0,), std=(1.0,), num_classes=K,
+                       method="test")
+    assert evaluate_with_baseline(syn, real, *TEST, config=cfg, random_seed=40).random.accs == alone.accs
+    with pytest.raises(DataError, match="nothing to draw"):
+        evaluate_random(real, [0] * K, *TEST, config=cfg)
 
 def test_baseline_of_a_factor_two_set_gets_its_storage_budget() -> None:
     """A set that stores 1 mosaic per class and trains on the 4 crops it decodes into (NCFM factor 2) is

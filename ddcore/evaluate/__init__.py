@@ -17,6 +17,7 @@ from ddcore.evaluate.protocol import BEST_LABEL, EvalConfig
 from ddcore.evaluate.suite import (
     BaselineComparison,
     EvalSummary,
+    evaluate_random,
     evaluate_set,
     evaluate_with_baseline,
     random_subset,
@@ -37,6 +38,7 @@ __all__ = [
     "ars",
     "by_seed",
     "check_fraction",
+    "evaluate_random",
     "evaluate_set",
     "evaluate_with_baseline",
     "hlr",

@@ -4,7 +4,8 @@
 :class:`~ddcore.synthetic.SyntheticSet` and reports mean ± std. :func:`evaluate_with_baseline` does the
 same for a random real subset with the same per-class counts, drawn per round i from seed
 ``random_seed + i`` and trained with the same seed and recipe as the synthetic round i, and reports
-the paired per-round IOR (and HLR/LRS when a full-data accuracy is given).
+the paired per-round IOR (and HLR/LRS when a full-data accuracy is given). :func:`evaluate_random` is that
+baseline alone, for studies that pair it themselves.
 """
 
 from __future__ import annotations
@@ -134,6 +135,37 @@ def random_subset(
     return torch.cat(images), torch.cat(labels)
 
 
+def evaluate_random(
+    real: RealSampler,
+    counts: list[int],
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    config: EvalConfig,
+    random_seed: int = BASELINE_SEED,
+    teacher: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    on_run: OnRun | None = None,
+) -> EvalSummary:
+    """The random-real-subset baseline alone: round i trains network seed ``config.seed + i`` on ``counts[c]``
+    real images of each class c drawn from seed ``random_seed + i`` (:func:`random_subset`), under ``teacher``
+    if one is given, for ``config.num_eval`` rounds; round i pairs with round i of :func:`evaluate_set`.
+
+    Raises:
+        DataError: ``counts`` asks for no image at all.
+    """
+    runs: list[EvalRun] = []
+    for i in range(config.num_eval):
+        images, labels = random_subset(real, counts, seed=random_seed + i)
+        run = train_and_evaluate(images, labels, test_images, test_labels, config=config, seed=config.seed + i,
+                                 num_classes=real.num_classes, teacher=teacher, device=device, progress=progress)
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+    return _summary(runs, config)
+
+
 def evaluate_with_baseline(
     synthetic: SyntheticSet,
     real: RealSampler,
@@ -186,23 +218,15 @@ def evaluate_with_baseline(
     ipc = metrics.stored_ipc(synthetic.extra, max(counts))
     if ipc != max(counts):
         counts = [ipc] * synthetic.num_classes
-    random_seeds = [random_seed + i for i in range(config.num_eval)]
-    rdm_runs: list[EvalRun] = []
-    for i, rs in enumerate(random_seeds):
-        images, labels = random_subset(real, counts, seed=rs)
-        run = train_and_evaluate(images, labels, test_images, test_labels, config=config,
-                                 seed=config.seed + i, num_classes=synthetic.num_classes, teacher=teacher,
-                                 device=device, progress=progress)
-        rdm_runs.append(run)
-        if on_run is not None:
-            on_run(run)
-    rdm = _summary(rdm_runs, config)
+    rdm = evaluate_random(real, counts, test_images, test_labels, config=config, random_seed=random_seed,
+                          teacher=teacher, device=device, progress=progress, on_run=on_run)
     syn_accs = metrics.by_seed(syn.seeds, syn.accs, "the synthetic set")
     hard = teacher is None and (synthetic.soft_labels is None or not use_soft_labels)
     scores = metrics.paired_scores(syn_accs, baseline=metrics.by_seed(rdm.seeds, rdm.accs, "the random subsets"),
                                    hard=syn_accs if full is not None and hard else None, full_data_acc=full,
                                    lrs_weight=lrs_weight)
-    return BaselineComparison(synthetic=syn, random=rdm, random_seeds=random_seeds, baseline_ipc=ipc,
+    return BaselineComparison(synthetic=syn, random=rdm,
+                              random_seeds=[random_seed + i for i in range(config.num_eval)], baseline_ipc=ipc,
                               scores=scores, full_data_acc=full, lrs_weight=lrs_weight)
 
 
