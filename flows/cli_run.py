@@ -14,6 +14,10 @@ from rich.table import Table
 from ddcore.errors import DDFlowError
 from flows.cli import app, configure_run_logging, console, err_console, fail, user_errors
 
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline YAML config.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")]
+RootOption = Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")]
+
 
 def print_summary(summary: dict) -> None:
     """The results table of a pipeline run (accuracies in %; IOR/HLR as mean ± std over rounds, in points)."""
@@ -65,9 +69,9 @@ def print_summary(summary: dict) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="Pipeline YAML config.")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
-    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    config: ConfigArg,
+    overrides: SetOption = None,
+    root: RootOption = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Recompute STAGE and what depends on it.")]
     = None,
 ) -> None:
@@ -102,9 +106,9 @@ def run(
 
 @app.command()
 def plan(
-    config: Annotated[Path, typer.Argument(help="Pipeline YAML config.")],
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
-    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    config: ConfigArg,
+    overrides: SetOption = None,
+    root: RootOption = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Show STAGE (and what depends on it) as forced.")]
     = None,
     fmt: Annotated[str, typer.Option("--format", help="table | mermaid | json")] = "table",
@@ -152,7 +156,7 @@ def evaluate(
                                                 "(required).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set evaluation.num_eval=3")]
     = None,
-    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    root: RootOption = None,
 ) -> None:
     """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
     server = None
@@ -199,7 +203,7 @@ def prefect_start_error(exc: RuntimeError) -> DDFlowError:
 @app.command()
 def lineage(
     ref: Annotated[str, typer.Argument(help="Digest or stage-key prefix, artifact folder, or MLflow run id.")],
-    root: Annotated[str | None, typer.Option(help="Artifact root (default $DDFLOW_ROOT or ./artifacts).")] = None,
+    root: RootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tree as JSON.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI to resolve run ids (default "
                                                      "$MLFLOW_TRACKING_URI or <root>/mlflow.db if present).")]
@@ -232,7 +236,7 @@ def serve(
     = None,
     entrypoint: Annotated[str, typer.Option(help="Flow to serve, path.py:function.")]
     = "flows/distill.py:distill_flow",
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")] = None,
+    overrides: SetOption = None,
     root: Annotated[str | None, typer.Option(help="Artifact root passed to the flow.")] = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Stage to recompute on every run.")] = None,
     limit: Annotated[int, typer.Option(help="Concurrent runs of this serving process.")] = 1,
