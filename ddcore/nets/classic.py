@@ -37,7 +37,28 @@ def _check_size(name: str, image_size: int, pools: int) -> int:
     return size >> pools
 
 
-class AlexNetSmall(nn.Module):
+class _ConvStack(nn.Module):
+    """A conv stack (``features``) and one Linear (``classifier``) on its flattened output."""
+
+    def _finish(self, layers: list[nn.Module], *, channels: int, image_size: int, norm: str, embed_dim: int,
+                num_classes: int) -> None:
+        self.features = nn.Sequential(*layers)
+        self.channels = channels
+        self.image_size = image_size
+        self.norm = norm
+        self.embed_dim = embed_dim
+        self.classifier = nn.Linear(embed_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened last-stage features ``[B, embed_dim]``."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]``."""
+        return self.classifier(self.embed(x))
+
+
+class AlexNetSmall(_ConvStack):
     """AlexNet-style net for ``[B, channels, image_size, image_size]`` inputs (28, 32, 64 px).
 
     Args:
@@ -57,23 +78,11 @@ class AlexNetSmall(nn.Module):
             if pool:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             in_ch = out_ch
-        self.features = nn.Sequential(*layers)
-        self.channels = channels
-        self.image_size = image_size
-        self.norm = norm
-        self.embed_dim = in_ch * out_size**2
-        self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last-stage features ``[B, embed_dim]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
-        return self.classifier(self.embed(x))
+        self._finish(layers, channels=channels, image_size=image_size, norm=norm,
+                     embed_dim=in_ch * out_size**2, num_classes=num_classes)
 
 
-class VGG11Small(nn.Module):
+class VGG11Small(_ConvStack):
     """VGG-11-style net for ``[B, channels, image_size, image_size]`` inputs (28, 32, 64 px).
 
     Args:
@@ -97,17 +106,5 @@ class VGG11Small(nn.Module):
             pad = 3 if (not layers and image_size == 28) else 1
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=pad), norm_layer(norm, v), nn.ReLU()]
             in_ch = v
-        self.features = nn.Sequential(*layers)
-        self.channels = channels
-        self.image_size = image_size
-        self.norm = norm
-        self.embed_dim = in_ch * out_size**2
-        self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last-stage features ``[B, embed_dim]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
-        return self.classifier(self.embed(x))
+        self._finish(layers, channels=channels, image_size=image_size, norm=norm,
+                     embed_dim=in_ch * out_size**2, num_classes=num_classes)
