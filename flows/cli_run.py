@@ -3,16 +3,21 @@ and the environment Prefect's temporary server is started with."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from ddcore.errors import DDFlowError
 from flows.cli import app, configure_run_logging, console, err_console, fail, user_errors
+
+if TYPE_CHECKING:
+    from flows.temp_server import RunServer
 
 ConfigArg = Annotated[Path, typer.Argument(help="Pipeline YAML config.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set ipcs=[1,10]")]
@@ -76,11 +81,8 @@ def run(
     = None,
 ) -> None:
     """Run the pipeline described by CONFIG (cached stages are not recomputed)."""
-    server = None
-    try:
-        from flows.temp_server import RunServer
-
-        server = RunServer(root)  # first: Prefect's temporary server starts while the rest imports
+    with flow_command() as start_server:
+        server = start_server(root)  # first: Prefect's temporary server starts while the rest imports
         from flows.config import load_config
 
         cfg = load_config(str(config), overrides or [])
@@ -91,13 +93,6 @@ def run(
 
         with server.pointed(), stage_bars(err_console):
             summary = run_with_runner(str(config), overrides or [], root, force or [])
-    except DDFlowError as exc:
-        fail(exc)
-    except RuntimeError as exc:
-        fail(prefect_start_error(exc))
-    finally:
-        if server is not None:
-            server.close()
     print_summary(summary)
     from flows.roots import default_root
 
@@ -159,8 +154,7 @@ def evaluate(
     root: RootOption = None,
 ) -> None:
     """Evaluate any synthetic set (with the random baseline of its IPC) under a config's recipe."""
-    server = None
-    try:
+    with flow_command() as start_server:
         from ddcore.errors import ConfigError
         from flows.config import load_config
 
@@ -172,22 +166,37 @@ def evaluate(
 
         load_config(str(config), overrides or [])
         check_evaluation_inputs(synthetic, data)  # before Prefect starts: a wrong path or a mismatch fails at once
-        from flows.temp_server import RunServer
-
-        server = RunServer(root)
+        server = start_server(root)
         from flows.reuse import evaluate_flow
 
         configure_run_logging()
         with server.pointed():
             summary = evaluate_flow(synthetic, data, str(config), overrides or [], root)
+    print_summary(summary)
+
+
+@contextlib.contextmanager
+def flow_command() -> Iterator[Callable[[str | None], RunServer]]:
+    """The body of a command that runs a flow. It yields ``start_server(root)``, which starts the command's
+    :class:`~flows.temp_server.RunServer`; the server is closed on the way out. A :class:`DDFlowError`, or
+    Prefect failing to start its temporary server, exits with one error line (:func:`fail`)."""
+    servers: list[RunServer] = []
+
+    def start_server(root: str | None) -> RunServer:
+        from flows.temp_server import RunServer
+
+        servers.append(RunServer(root))
+        return servers[-1]
+
+    try:
+        yield start_server
     except DDFlowError as exc:
         fail(exc)
     except RuntimeError as exc:
         fail(prefect_start_error(exc))
     finally:
-        if server is not None:
+        for server in servers:
             server.close()
-    print_summary(summary)
 
 
 def prefect_start_error(exc: RuntimeError) -> DDFlowError:
