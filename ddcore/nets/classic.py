@@ -11,11 +11,11 @@ flattened output of the last conv stage; ``forward`` is one Linear on top.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ddcore.errors import ConfigError
 from ddcore.nets.convnet import effective_size, norm_layer
+from ddcore.nets.head import EmbedClassifier
 
 VGG11_LAYOUT: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 ALEXNET_LAYOUT: tuple[tuple[int, int, bool], ...] = (  # (out channels, kernel, pool after)
@@ -37,28 +37,7 @@ def _check_size(name: str, image_size: int, pools: int) -> int:
     return size >> pools
 
 
-class _ConvStack(nn.Module):
-    """A conv stack (``features``) and one Linear (``classifier``) on its flattened output."""
-
-    def _finish(self, layers: list[nn.Module], *, channels: int, image_size: int, norm: str, embed_dim: int,
-                num_classes: int) -> None:
-        self.features = nn.Sequential(*layers)
-        self.channels = channels
-        self.image_size = image_size
-        self.norm = norm
-        self.embed_dim = embed_dim
-        self.classifier = nn.Linear(embed_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last-stage features ``[B, embed_dim]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
-        return self.classifier(self.embed(x))
-
-
-class AlexNetSmall(_ConvStack):
+class AlexNetSmall(EmbedClassifier):
     """AlexNet-style net for ``[B, channels, image_size, image_size]`` inputs (28, 32, 64 px).
 
     Args:
@@ -78,11 +57,12 @@ class AlexNetSmall(_ConvStack):
             if pool:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             in_ch = out_ch
-        self._finish(layers, channels=channels, image_size=image_size, norm=norm,
-                     embed_dim=in_ch * out_size**2, num_classes=num_classes)
+        self.features = nn.Sequential(*layers)
+        self._add_head(channels=channels, image_size=image_size, norm=norm, embed_dim=in_ch * out_size**2,
+                       num_classes=num_classes)
 
 
-class VGG11Small(_ConvStack):
+class VGG11Small(EmbedClassifier):
     """VGG-11-style net for ``[B, channels, image_size, image_size]`` inputs (28, 32, 64 px).
 
     Args:
@@ -106,5 +86,6 @@ class VGG11Small(_ConvStack):
             pad = 3 if (not layers and image_size == 28) else 1
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=pad), norm_layer(norm, v), nn.ReLU()]
             in_ch = v
-        self._finish(layers, channels=channels, image_size=image_size, norm=norm,
-                     embed_dim=in_ch * out_size**2, num_classes=num_classes)
+        self.features = nn.Sequential(*layers)
+        self._add_head(channels=channels, image_size=image_size, norm=norm, embed_dim=in_ch * out_size**2,
+                       num_classes=num_classes)

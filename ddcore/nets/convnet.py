@@ -7,10 +7,10 @@ flattened output of the last block (2048-d for 32 px at depth 3); ``forward`` is
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ddcore.errors import ConfigError
+from ddcore.nets.head import EmbedClassifier
 
 NORMS = ("instancenorm", "batchnorm", "none")
 
@@ -36,7 +36,7 @@ def effective_size(image_size: int) -> int:
     return 32 if image_size == 28 else image_size
 
 
-class ConvNet(nn.Module):
+class ConvNet(EmbedClassifier):
     """ConvNet-D for ``[B, channels, image_size, image_size]`` float32 inputs.
 
     Args:
@@ -79,18 +79,7 @@ class ConvNet(nn.Module):
             ]
             in_ch = width
         self.features = nn.Sequential(*layers)
-        self.channels = channels
-        self.image_size = image_size
         self.depth = depth
         self.width = width
-        self.norm = norm
-        self.embed_dim = width * (size >> depth) ** 2
-        self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened last-block features: float32 ``[B, C, H, W]`` → ``[B, embed_dim]``."""
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
-        return self.classifier(self.embed(x))
+        self._add_head(channels=channels, image_size=image_size, norm=norm, embed_dim=width * (size >> depth) ** 2,
+                       num_classes=num_classes)

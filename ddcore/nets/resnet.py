@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ddcore.nets.convnet import norm_layer
+from ddcore.nets.head import EmbedClassifier
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 BLOCKS_PER_STAGE = 2
@@ -38,7 +39,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(EmbedClassifier):
     """ResNet-18 for ``[B, channels, image_size, image_size]`` float32 inputs.
 
     Args:
@@ -71,16 +72,8 @@ class ResNet18(nn.Module):
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.channels = channels
-        self.image_size = image_size
-        self.norm = norm
-        self.embed_dim = in_ch
-        self.classifier = nn.Linear(in_ch, num_classes)
+        self._add_head(channels=channels, image_size=image_size, norm=norm, embed_dim=in_ch, num_classes=num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled last-stage features: ``[B, C, H, W]`` → ``[B, 512]``."""
         return self.pool(self.blocks(self.stem(x))).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``."""
-        return self.classifier(self.embed(x))
