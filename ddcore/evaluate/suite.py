@@ -135,6 +135,11 @@ def random_subset(
     return torch.cat(images), torch.cat(labels)
 
 
+def subset_seeds(config: EvalConfig, random_seed: int) -> list[int]:
+    """The random-subset seeds of a baseline's ``config.num_eval`` rounds: ``random_seed + i`` for round i."""
+    return [random_seed + i for i in range(config.num_eval)]
+
+
 def evaluate_random(
     real: RealSampler,
     counts: list[int],
@@ -156,8 +161,8 @@ def evaluate_random(
         DataError: ``counts`` asks for no image at all.
     """
     runs: list[EvalRun] = []
-    for i in range(config.num_eval):
-        images, labels = random_subset(real, counts, seed=random_seed + i)
+    for i, subset_seed in enumerate(subset_seeds(config, random_seed)):
+        images, labels = random_subset(real, counts, seed=subset_seed)
         run = train_and_evaluate(images, labels, test_images, test_labels, config=config, seed=config.seed + i,
                                  num_classes=real.num_classes, teacher=teacher, device=device, progress=progress)
         runs.append(run)
@@ -225,9 +230,8 @@ def evaluate_with_baseline(
     scores = metrics.paired_scores(syn_accs, baseline=metrics.by_seed(rdm.seeds, rdm.accs, "the random subsets"),
                                    hard=syn_accs if full is not None and hard else None, full_data_acc=full,
                                    lrs_weight=lrs_weight)
-    return BaselineComparison(synthetic=syn, random=rdm,
-                              random_seeds=[random_seed + i for i in range(config.num_eval)], baseline_ipc=ipc,
-                              scores=scores, full_data_acc=full, lrs_weight=lrs_weight)
+    return BaselineComparison(synthetic=syn, random=rdm, random_seeds=subset_seeds(config, random_seed),
+                              baseline_ipc=ipc, scores=scores, full_data_acc=full, lrs_weight=lrs_weight)
 
 
 def _close(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-4) -> bool:
