@@ -3,6 +3,7 @@
 #   1. the gpu-marked tests (tests/test_gpu.py: every stage on the device, one read-back per iteration,
 #      memory released, seeded determinism),
 #   2. benchmarks/speed.py: ddflow's batched steps against the reference-style per-class loop (target >= 3x),
+#      with a profile of 3 iterations of each (device busy time, kernel launches, the top ops: OUT/profile_*.txt),
 #   3. benchmarks/gpu_distill.py: a short Fashion-MNIST DM and NCFM run at the published per-iteration settings,
 # and writes OUT/gpu_check.json (each step's exit code and seconds, the device, and the figures of 2 and 3).
 #
@@ -42,16 +43,16 @@ export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8 HF_HUB_OFFLINE=1
 
 if [ "$DRY" = 1 ]; then
   DEV=cpu
-  SPEED_ARGS=(--iterations 2 --ipc 1 --batch-real 16 --num-freqs 64 --methods dm,ncfm)
+  SPEED_ARGS=(--iterations 2 --ipc 1 --batch-real 16 --num-freqs 64 --methods dm,ncfm --profile)
   DISTILL_ARGS=(--dry-run)
   LIMITS=(300 120 180)
 else
   DEV=cuda
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "gpu_check.sh: torch sees no CUDA device here; run with --dry-run on a CPU machine" >&2; exit 2; }
-  SPEED_ARGS=(--iterations 10 --ipc 10 --batch-real 256 --num-freqs 4096 --methods dm,hdd,ncfm --embed-table)
+  SPEED_ARGS=(--iterations 10 --ipc 10 --batch-real 256 --num-freqs 4096 --methods dm,hdd,ncfm --embed-table --profile)
   DISTILL_ARGS=(--iterations 500 --epochs 300 --num-eval 2)
-  LIMITS=(150 120 180)
+  LIMITS=(100 140 230)
 fi
 export DDFLOW_TEST_DEVICE=$DEV
 mkdir -p "$OUT_DIR"

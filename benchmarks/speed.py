@@ -8,7 +8,7 @@ steadier on a loaded machine), and the memory each step adds at its peak (CUDA: 
 CPU: peak resident set, reset before every step). Prints a table, writes JSON.
 
 Usage: ``python -m benchmarks.speed [--iterations 5] [--methods dm,hdd,ncfm] [--ipc 10] [--batch-real 256]
-[--device cpu] [--embed-table]``
+[--device cpu] [--embed-table] [--profile]``
 """
 
 from __future__ import annotations
@@ -106,6 +106,29 @@ def _median(values: list[float]) -> float:
     return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
+def profile_step(step, syn0: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig, device: torch.device,
+                 table: Path, its: int = 3) -> dict:
+    """Profile ``its`` iterations of ``step`` (torch.profiler): per iteration, the wall seconds, the seconds the
+    device ran kernels and copies, and the kernel launches; the top-25 op table goes to ``table``. Device time
+    well under the wall time with many launches means the step is bound by the host, not the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for it in range(its):
+            timed_step(step, syn0, labels, cfg, 1000 + it, device)
+    wall = (time.perf_counter() - t0) / its
+    avg = prof.key_averages()
+    launches = sum(e.count for e in avg if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel"))) / its
+    device_s = sum(e.self_device_time_total for e in avg) / its / 1e6
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(avg.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=25))
+    return {"wall_s_per_it": wall, "device_s_per_it": device_s if cuda else None,
+            "launches_per_it": launches if cuda else None, "table": table.name}
+
+
 def embed_table(sampler: TensorSampler, cfg: DistillConfig, device: torch.device, its: int) -> list[dict]:
     """Real-side embedding only (no grad), all classes' ``batch_real`` images: net.embed per class (as
     the reference), fast_embed float32 (ddflow's default), and fast_embed bfloat16 (opt-in, changes
@@ -148,6 +171,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--methods", default="dm,hdd,ncfm")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 3 iterations of each step (device busy time, kernel launches, op table)")
     ap.add_argument("--embed-table", action="store_true",
                     help="also time the real-side embedding alone, including the opt-in bfloat16 path")
     args = ap.parse_args()
@@ -173,12 +198,17 @@ def main() -> None:
                 times[name].append(sec)
                 if peak is not None:
                     peaks[name].append(peak)
+        if args.profile:
+            prof = {name: profile_step(step, syn0, labels, cfg, dev,
+                                       Path(args.out).with_name(f"profile_{method}_{name}.txt"))
+                    for name, step in impls.items()}
         med = {n: _median(t) for n, t in times.items()}
         paired = _median([r / d for d, r in zip(times["ddflow"], times["per-class"], strict=True)])
         rows.append({"method": method, "ddflow_s_per_it": med["ddflow"], "per_class_s_per_it": med["per-class"],
                      "speedup": med["per-class"] / med["ddflow"], "paired_speedup_median": paired,
                      "ddflow_peak_mb": max(peaks["ddflow"], default=None),
-                     "per_class_peak_mb": max(peaks["per-class"], default=None), "times": times})
+                     "per_class_peak_mb": max(peaks["per-class"], default=None), "times": times,
+                     **({"profile": prof} if args.profile else {})})
     res = {"benchmark": "speed", "device": str(dev), "data": data, "ipc": args.ipc, "batch_real": args.batch_real,
            "threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
            "peak_mb_note": "memory a step adds at its peak over what was in use before it (CPU: VmHWM - VmRSS)",
@@ -189,6 +219,11 @@ def main() -> None:
         mem = [f"{m:.0f}" if m is not None else "n/a" for m in (r["ddflow_peak_mb"], r["per_class_peak_mb"])]
         print(f"{r['method']:<6} {r['ddflow_s_per_it']:>12.3f} {r['per_class_s_per_it']:>15.3f} {r['speedup']:>7.2f}x "
               f"{r['paired_speedup_median']:>6.2f}x {mem[0]:>11} {mem[1]:>14}")
+    for r in rows if args.profile else []:
+        for name, pr in r["profile"].items():
+            busy = "" if pr["device_s_per_it"] is None else (
+                f", device busy {pr['device_s_per_it']:.4f} s, {pr['launches_per_it']:.0f} launches")
+            print(f"profile {r['method']:<5} {name:<9}: wall {pr['wall_s_per_it']:.4f} s/it{busy}")
     if args.embed_table:
         res["embedding"] = embed_table(sampler, DistillConfig(method="dm", ipc=args.ipc, batch_real=args.batch_real),
                                        dev, args.iterations)

@@ -11,6 +11,7 @@ from ddcore.augment import (
     DSAParams,
     apply,
     apply_cutmix,
+    apply_each,
     cutmix,
     draw_cutmix,
     draw_ncfm_eval_params,
@@ -128,6 +129,36 @@ def test_apply_rejects_wrong_batch_or_shape() -> None:
         apply(torch.randn(3, *SHAPE), params)
     with pytest.raises(DataError):
         apply(torch.randn(4, 1, 28, 28), params)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_application_equals_one_call_per_batch(seed: int) -> None:
+    """apply_each gives, batch by batch, exactly what apply gives: Siamese and per-sample draws, one family
+    and IDC-style sequences, batches of different sizes, the same family drawn by several batches; the
+    gradient reaches every input batch."""
+    g = gen(seed)
+    sizes = [3, 1, 4, 2, 5, 3, 2, 1, 4, 2, 3, 1]
+    xs = [torch.randn(n, *SHAPE, generator=g).requires_grad_(i % 2 == 0) for i, n in enumerate(sizes)]
+    params = [draw_params("color_crop_cutout_flip_scale_rotate", batch=n, image_shape=SHAPE, generator=g,
+                          siamese=i % 3 != 0) for i, n in enumerate(sizes[:8])]
+    params += [draw_sequence(("color", "crop", "cutout"), batch=n, image_shape=SHAPE, generator=g,
+                             siamese=i == 0) for i, n in enumerate(sizes[8:])]
+    assert len({p.families for p in params}) < len(params)  # some batches share a group
+    want = [apply(x, p) for x, p in zip(xs, params, strict=True)]
+    got = apply_each(xs, params)
+    assert [tuple(y.shape) for y in got] == [tuple(y.shape) for y in want]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    sum(y.square().sum() for y in got).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs if x.requires_grad)
+
+
+def test_grouped_application_checks_each_batch() -> None:
+    """apply_each refuses a per-sample draw of the wrong size and a count mismatch, as apply does."""
+    params = [draw_params("rotate", batch=4, image_shape=SHAPE, generator=gen(), siamese=False)] * 2
+    with pytest.raises(DataError):
+        apply_each([torch.randn(4, *SHAPE), torch.randn(3, *SHAPE)], params)
+    with pytest.raises(ValueError, match="one per batch"):
+        apply_each([torch.randn(4, *SHAPE)], params)
 
 
 def test_idc_augment_applies_color_crop_cutout_with_shared_params() -> None:

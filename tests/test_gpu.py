@@ -60,7 +60,10 @@ class OpDevices(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         if name.startswith(HEAVY):
-            for dev in {t.device.type for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}:
+            # a 0-dim CPU tensor is a scalar argument CUDA kernels take by value (e.g. the philox seed and offset
+            # of the efficient-attention backward), not work on the host
+            for dev in {t.device.type for t in tree_leaves((args, kwargs))
+                        if isinstance(t, torch.Tensor) and not (t.ndim == 0 and t.device.type == "cpu")}:
                 self.seen[(name, dev)] += 1
         return func(*args, **kwargs)
 

@@ -184,6 +184,56 @@ def draw_sequence(
 
 def apply(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
     """Apply ``params`` to float ``[B, C, H, W]`` images; pure (``x`` is not modified), differentiable."""
+    _check_batch(x, params)
+    for op in params.ops:
+        x = _APPLY[op.family](x, {k: v.to(x.device, non_blocking=True) for k, v in op.values.items()})
+    return x
+
+
+def apply_each(xs: list[torch.Tensor], params: list[DSAParams]) -> list[torch.Tensor]:
+    """``[apply(x, p) for x, p in zip(xs, params)]`` with one call of each op per distinct family sequence.
+
+    The batches whose params name the same families are concatenated and transformed at once, each image
+    under its own batch's values (leading size 1 broadcast over that batch), then split back. Every family
+    works image by image, so the result is the per-batch one; what changes is the number of kernel launches
+    and host-to-device copies: at most one per family and value instead of one per batch (a Siamese step
+    over many classes on a GPU is otherwise bound by launches, not arithmetic).
+
+    Args:
+        xs: float ``[B_i, C, H, W]`` batches on one device.
+        params: one :class:`DSAParams` per batch, each valid for its batch (as :func:`apply` checks).
+    Returns:
+        the transformed batches, in order.
+    """
+    if len(xs) != len(params):
+        raise ValueError(f"apply_each got {len(xs)} batches but {len(params)} parameter sets; pass one per batch")
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, (x, p) in enumerate(zip(xs, params, strict=True)):
+        _check_batch(x, p)
+        groups.setdefault(p.families, []).append(i)
+    out: list[torch.Tensor] = list(xs)
+    for fams, idx in groups.items():
+        if not fams or len(idx) == 1:
+            for i in idx:
+                out[i] = apply(xs[i], params[i])
+            continue
+        sizes = [xs[i].shape[0] for i in idx]
+        ops = tuple(DSAOp(fam, {k: torch.cat([_rows(params[i].ops[j].values[k], n) for i, n in zip(idx, sizes,
+                                                                                                  strict=True)])
+                                for k in params[idx[0]].ops[j].values})
+                    for j, fam in enumerate(fams))
+        merged = DSAParams(ops, siamese=False, image_shape=params[idx[0]].image_shape, batch=sum(sizes))
+        for i, y in zip(idx, apply(torch.cat([xs[i] for i in idx]), merged).split(sizes), strict=True):
+            out[i] = y
+    return out
+
+
+def _rows(v: torch.Tensor, n: int) -> torch.Tensor:
+    """A drawn value for ``n`` images: leading size 1 repeated, leading size ``n`` as it is."""
+    return v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v
+
+
+def _check_batch(x: torch.Tensor, params: DSAParams) -> None:
     if tuple(x.shape[1:]) != params.image_shape:
         raise DataError(
             f"DSA params were drawn for images {params.image_shape} but got {tuple(x.shape[1:])}; "
@@ -194,9 +244,6 @@ def apply(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
             f"per-sample DSA params were drawn for {params.batch} images but got {x.shape[0]}; "
             f"draw them with batch={x.shape[0]} or siamese=True"
         )
-    for op in params.ops:
-        x = _APPLY[op.family](x, {k: v.to(x.device, non_blocking=True) for k, v in op.values.items()})
-    return x
 
 
 def dsa(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddcore.augment.dsa import DSAParams, apply
+from ddcore.augment.dsa import DSAParams, apply_each
 from ddcore.sampling import RealSampler
 from ddcore.seeding import IterationRng
 
@@ -46,7 +46,7 @@ def siamese_batches(sampler: RealSampler, classes: Sequence[int], syn: torch.Ten
     found there, and real batches and indices go to ``device`` as non-blocking copies, so on a GPU the only
     waits are the host's own (no read-back). Raises ValueError if a class has no real or no synthetic sample.
     """
-    real_aug, syn_aug, real_n, syn_n = [], [], [], []
+    reals, mines, drawn, real_n, syn_n = [], [], [], [], []
     shape = tuple(syn.shape[1:])
     host_labels = labels.cpu()
     for c in classes:
@@ -56,12 +56,13 @@ def siamese_batches(sampler: RealSampler, classes: Sequence[int], syn: torch.Ten
         if real.shape[0] == 0 or rows.numel() == 0:
             raise ValueError(f"class {c} has {real.shape[0]} real and {rows.numel()} synthetic samples in this "
                              "batch; every distilled class needs both")
-        params = draw(real.shape[0], shape, generator)
-        mine = syn.index_select(0, rows.to(syn.device, non_blocking=True))
-        real_aug.append(apply(real, params))
-        syn_aug.append(apply(mine, params))
+        drawn.append(draw(real.shape[0], shape, generator))
+        reals.append(real)
+        mines.append(syn.index_select(0, rows.to(syn.device, non_blocking=True)))
         real_n.append(real.shape[0])
         syn_n.append(rows.numel())
+    # the real side apart from the synthetic one: only the latter carries a graph to keep until backward
+    real_aug, syn_aug = apply_each(reals, drawn), apply_each(mines, drawn)
     local = torch.arange(len(real_n), dtype=torch.int64)
     return ClassBatches(torch.cat(real_aug), torch.cat(syn_aug),
                         local.repeat_interleave(torch.tensor(real_n)).to(device, non_blocking=True),

@@ -33,7 +33,7 @@ def manifold(k: float, *, device: torch.device | str | None = None) -> Lorentz:
     """
     if not k > 0:
         raise ValueError(f"Lorentz parameter k must be > 0, got {k}")
-    return Lorentz(k=torch.tensor(float(k), dtype=_F64, device=device))
+    return Lorentz(k=torch.full((), float(k), dtype=_F64, device=device))  # a fill: no blocking host copy
 
 
 def lift(features: torch.Tensor) -> torch.Tensor:

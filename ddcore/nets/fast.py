@@ -19,6 +19,11 @@ Changes that do not alter the maths:
     or thresholds so far out that rounding would show, take the plain in-place
     ``relu(s·h + (β - s·μ))`` path.
 
+On a GPU the path makes no read-back: the two branch tests above (``E[h]² > 100·var``, and ``γ > 0`` with
+the threshold in range) would each read device values back to the host, stalling the launch queue three
+times per block, so there the variance comes from one Welford ``var_mean`` pass (stable without the test)
+and the block takes the plain ``relu(s·h + (β - s·μ))`` path (``addcmul`` then ``relu_``, no test needed).
+
 Networks other than ConvNet fall back to ``net.embed``; batch norm and no-norm ConvNets keep their
 modules (only channels_last and in-place ReLU apply).
 
@@ -50,27 +55,32 @@ def prepare(net: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 
-def fast_embed(net: nn.Module, x: torch.Tensor, *, real_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def fast_embed(net: nn.Module, x: torch.Tensor, *, real_dtype: torch.dtype = torch.float32,
+               sync_free: bool | None = None) -> torch.Tensor:
     """``net.embed(x)``: float32 ``[B, C, H, W]`` -> float32 ``[B, embed_dim]``, computed in channels_last.
 
     Without autograd (no grad mode, or neither ``x`` nor the parameters require grad) instance-norm
     blocks run the fused in-place path described in the module docstring; with autograd the modules
     run as they are, so gradients are exactly those of ``net.embed``. ``real_dtype=torch.bfloat16``
     (opt-in, changes numerics) runs the no-autograd path's convolutions in bfloat16; it is ignored
-    when autograd is on.
+    when autograd is on. ``sync_free`` picks the no-read-back form of the fused path (module docstring);
+    ``None`` means: on any device but the CPU.
     """
     if not isinstance(net, ConvNet):
         return net.embed(x)  # type: ignore[operator]
     h = x.contiguous(memory_format=torch.channels_last)
     no_grad = not torch.is_grad_enabled() or not (h.requires_grad or any(p.requires_grad for p in net.parameters()))
     layers = list(net.features)
+    if sync_free is None:
+        sync_free = h.device.type != "cpu"
     if not no_grad:
         return net.features(h).flatten(1)
     with torch.no_grad():
         for i in range(0, len(layers), 4):
             conv, norm, _, pool = layers[i: i + 4]
             if isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels and norm.affine:
-                h = _conv_in_relu_pool(conv, norm, pool, h, first=i == 0, dtype=real_dtype)  # type: ignore[arg-type]
+                h = _conv_in_relu_pool(conv, norm, pool, h, first=i == 0, dtype=real_dtype,  # type: ignore[arg-type]
+                                       sync_free=sync_free)
             else:
                 h = pool(torch.relu_(norm(_conv(conv, h, real_dtype))))
     return h.flatten(1)
@@ -86,17 +96,23 @@ def _conv(conv: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _conv_in_relu_pool(conv: nn.Conv2d, norm: nn.GroupNorm, pool: nn.AvgPool2d, x: torch.Tensor, *,
-                       first: bool, dtype: torch.dtype) -> torch.Tensor:
+                       first: bool, dtype: torch.dtype, sync_free: bool) -> torch.Tensor:
     """``pool(relu(norm(conv(x))))`` for channels-last float32 ``x`` ``[B, C_in, H, W]`` (no autograd)."""
     h = _conv(conv, x, dtype)
     k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     if first and conv.groups == 1 and k <= GRAM_MAX_K and not isinstance(conv.padding, str):
         mean, var = _gram_stats(conv, x)
-    else:
+    elif not sync_free:
         mean, var = _reduce_stats(h)
+    else:
+        var32, mean32 = torch.var_mean(h, dim=(2, 3), correction=0)
+        mean, var = mean32.double(), var32.double()
     scale = norm.weight.double().view(1, -1) * torch.rsqrt(var + norm.eps)  # [B, C] float64
     beta = norm.bias.double().view(1, -1)
     shift = scale * mean - beta  # relu(s·(h - μ) + β) = s·relu(h - t), t = shift / s
+    if sync_free:
+        h = torch.addcmul(-shift.float()[:, :, None, None], h, scale.float()[:, :, None, None], out=h)
+        return pool(h.relu_())
     if bool((norm.weight > 0).all()) and float(shift.abs().max()) <= MAX_SHIFT:
         t = (shift / scale).float()[:, :, None, None]
         torch.maximum(h, t, out=h)
