@@ -171,12 +171,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--methods", default="dm,hdd,ncfm")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 3 iterations of each step (device busy time, kernel launches, op table)")
     ap.add_argument("--embed-table", action="store_true",
                     help="also time the real-side embedding alone, including the opt-in bfloat16 path")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     sampler, data = real_sampler()
     rows = []
     for method in args.methods.split(","):
@@ -210,7 +213,8 @@ def main() -> None:
                      "per_class_peak_mb": max(peaks["per-class"], default=None), "times": times,
                      **({"profile": prof} if args.profile else {})})
     res = {"benchmark": "speed", "device": str(dev), "data": data, "ipc": args.ipc, "batch_real": args.batch_real,
-           "threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cudnn_benchmark": args.cudnn_benchmark, "machine": platform.machine(),
+           "torch": torch.__version__,
            "peak_mb_note": "memory a step adds at its peak over what was in use before it (CPU: VmHWM - VmRSS)",
            "rows": rows}
     print(f"{'method':<6} {'ddflow s/it':>12} {'per-class s/it':>15} {'speedup':>8} {'paired':>7} "
