@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddcore.nets.convnet import ConvNet
-from ddcore.nets.fast import fast_embed, prepare
+from ddcore.nets.fast import fast_embed, pool_2x2_nhwc, prepare
 from ddcore.nets.registry import reinit_
 
 VARIANTS = [(norm, ch, px) for norm in ("instancenorm", "batchnorm", "none") for ch, px in ((1, 28), (3, 32))]
@@ -90,3 +90,15 @@ def test_bfloat16_is_opt_in_and_close() -> None:
     assert got.dtype == torch.float32
     err = (got - want).norm() / want.norm()
     assert 0 < float(err) < 2e-2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("shape", [(3, 16, 28, 28), (2, 7, 14, 6), (1, 1, 2, 2)])
+def test_nhwc_pooling_equals_avg_pool2d(shape: tuple[int, ...], seed: int) -> None:
+    """The device form's 2x2 pooling over the NHWC storage equals F.avg_pool2d (to rounding) and stays
+    channels-last."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last)
+    got = pool_2x2_nhwc(h)
+    torch.testing.assert_close(got, torch.nn.functional.avg_pool2d(h.contiguous(), 2), rtol=1e-6, atol=1e-7)
+    assert got.is_contiguous(memory_format=torch.channels_last) or got.shape[1] == 1
