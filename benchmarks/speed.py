@@ -110,7 +110,9 @@ def profile_step(step, syn0: torch.Tensor, labels: torch.Tensor, cfg: DistillCon
                  table: Path, its: int = 3) -> dict:
     """Profile ``its`` iterations of ``step`` (torch.profiler): per iteration, the wall seconds, the seconds the
     device ran kernels and copies, and the kernel launches; the top-25 op table goes to ``table``. Device time
-    well under the wall time with many launches means the step is bound by the host, not the GPU."""
+    well under the wall time with many launches means the step is bound by the host, not the GPU. The table is
+    sorted by device time and again by host time (CUDA), by host time alone on the CPU."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -122,9 +124,11 @@ def profile_step(step, syn0: torch.Tensor, labels: torch.Tensor, cfg: DistillCon
     wall = (time.perf_counter() - t0) / its
     avg = prof.key_averages()
     launches = sum(e.count for e in avg if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel"))) / its
-    device_s = sum(e.self_device_time_total for e in avg) / its / 1e6
+    # the kernels, copies and fills themselves (an aten op's row repeats its kernels' device time)
+    device_s = sum(e.self_device_time_total for e in avg if e.device_type == DeviceType.CUDA) / its / 1e6
     table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(avg.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=25))
+    sorts = ["self_device_time_total", "self_cpu_time_total"] if cuda else ["self_cpu_time_total"]
+    table.write_text("\n\n".join(f"sorted by {k}:\n{avg.table(sort_by=k, row_limit=25)}" for k in sorts))
     return {"wall_s_per_it": wall, "device_s_per_it": device_s if cuda else None,
             "launches_per_it": launches if cuda else None, "table": table.name}
 
