@@ -2,9 +2,10 @@
 channels-last float32 ``[B, C, H, W]`` tensor, and the affine + ReLU before it.
 
 The first GPU profile of a DM iteration (docs/results.md, "The GPU check") put ``avg_pool2d`` on channels-last
-input first among the device's costs; this script measures the alternatives on the same shapes, each against
+input first among the device's costs. This script measures the alternatives on the same shapes, each against
 ``F.avg_pool2d`` on NCHW input as the reference (relative error printed), with CUDA events, the median of 20
-timed calls after 3 warm-ups, fresh random inputs (never zeros).
+timed calls after 3 warm-ups, fresh random inputs (never zeros). The NHWC view mean is
+``ddcore.nets.fast.pool_2x2_nhwc``, which the embedding's device form adopted after this measurement.
 
     python -m benchmarks.pool_variants --device cuda --out benchmarks/results/pool_variants.json
     python -m benchmarks.pool_variants --device cpu --batch 16      # the path, not the speed
@@ -20,13 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import write_json
-
-
-def pool_nhwc_sum(h: torch.Tensor) -> torch.Tensor:
-    """2x2 mean pooling of channels-last ``h`` as a reduction over a view of its NHWC storage (even H, W)."""
-    b, c, hh, ww = h.shape
-    v = h.permute(0, 2, 3, 1).reshape(b, hh // 2, 2, ww // 2, 2, c)
-    return v.mean((2, 4)).permute(0, 3, 1, 2)
+from ddcore.nets.fast import pool_2x2_nhwc
 
 
 def pool_nhwc_adds(h: torch.Tensor) -> torch.Tensor:
@@ -72,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         ref = F.avg_pool2d(h.contiguous(), 2)
         variants = {"avg_pool2d channels_last": lambda h=h: F.avg_pool2d(h, 2),
                     "avg_pool2d NCHW (input converted)": lambda h=h: F.avg_pool2d(h.contiguous(), 2),
-                    "NHWC view mean": lambda h=h: pool_nhwc_sum(h),
+                    "NHWC view mean": lambda h=h: pool_2x2_nhwc(h),
                     "NHWC strided adds": lambda h=h: pool_nhwc_adds(h),
                     "addcmul + relu_ (before the pool)": lambda h=h, s=scale, t=shift: torch.addcmul(
                         -t, h, s).relu_()}
