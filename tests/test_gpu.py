@@ -180,6 +180,23 @@ def test_an_iteration_reads_back_only_its_loss(method: str) -> None:
 
 
 @cuda_only
+def test_frequencies_are_drawn_on_the_device_from_the_host_stream() -> None:
+    """NCFM's frequencies on a GPU come from a device generator seeded by the host stream: on the device, the same
+    for the same seed, standard normal, with no synchronising call (no 33 MB host draw and copy)."""
+    from ddcore.distill.sampling_net import gaussian_frequencies
+
+    def draw() -> torch.Tensor:
+        return gaussian_frequencies(4096, 256, generator=torch.Generator().manual_seed(3), device=DEVICE)
+
+    draw()
+    with read_backs() as found:
+        a = draw()
+    b = draw()
+    assert found == [] and a.device.type == "cuda" and torch.equal(a, b)
+    assert abs(float(a.mean())) < 0.01 and abs(float(a.std()) - 1.0) < 0.01
+
+
+@cuda_only
 def test_an_evaluation_pass_reads_back_once() -> None:
     """A training pass of the evaluation network over 4 batches reads the device back once (its mean loss)."""
     from ddcore.evaluate.loss import Targets

@@ -15,7 +15,15 @@ import torch
 
 from ddcore.checkpoint import LOOP_CHECKPOINT, load_state, loop_checkpoint, save_state
 from ddcore.errors import ArtifactError
-from ddcore.seeding import IterationRng, derive_seed, generator, iteration_generator, iteration_seed
+from ddcore.seeding import (
+    IterationRng,
+    derive_seed,
+    device_generator,
+    generator,
+    iteration_generator,
+    iteration_seed,
+    normal,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**40 + 7])
@@ -56,6 +64,29 @@ def test_class_streams_depend_only_on_seed_iteration_and_class() -> None:
     for other in (IterationRng(5, 2).for_class(4), IterationRng(5, 3).for_class(3), IterationRng(6, 2).for_class(3)):
         assert not torch.equal(a, torch.rand(4, generator=other))
     assert IterationRng(5, 2).shared.initial_seed() == iteration_seed(5, 2, "iter")
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_normal_on_the_generators_device_is_a_plain_draw(seed: int) -> None:
+    """normal() on the generator's own device is torch.randn on that generator, to the bit and with the same
+    advance of the stream (CPU runs keep their values)."""
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    assert torch.equal(normal((64, 8), generator=g1, device="cpu"), torch.randn(64, 8, generator=g2))
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_device_generator_takes_one_draw_and_repeats(seed: int) -> None:
+    """device_generator (the route of normal() to another device) takes exactly one 63-bit draw of the stream
+    and gives the same values for the same stream; its draws are standard normal. Run here on the CPU as the
+    target; tests/test_gpu.py runs normal() onto CUDA."""
+    g1, g2, g3 = (torch.Generator().manual_seed(seed) for _ in range(3))
+    a = torch.randn(20000, generator=device_generator(g1, "cpu"))
+    b = torch.randn(20000, generator=device_generator(g2, "cpu"))
+    assert torch.equal(a, b)
+    torch.randint(2**62, (1,), generator=g3)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g3))
+    assert abs(float(a.mean())) < 0.03 and abs(float(a.std()) - 1.0) < 0.03
 
 
 def test_save_state_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:

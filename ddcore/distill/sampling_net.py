@@ -7,7 +7,8 @@ to *maximise* the NCFD (min-max: images descend, psi ascends). Two kinds:
 - ``kind="mixture"`` (paper-faithful): a scale mixture of normals with ``M = ceil(F / group)``
   components; component ``m`` has a learnable log-scale (one per component, or one per dimension with
   ``diagonal=True``) and contributes ``group`` reparameterised draws ``exp(log_scale_m) * z``,
-  ``z ~ N(0, I)``. At initialisation (log-scales 0) it is exactly the default ``N(0, I)`` sampler.
+  ``z ~ N(0, I)``. At initialisation (log-scales 0) it is exactly the default ``N(0, I)`` sampler (to the bit on
+  the CPU; on a GPU in distribution, the device generator drawing another shape).
 - ``kind="code"`` (code-faithful to the released ``SampleNet``): noise ``[M, D] ~ N(0, I)`` through
   3 x (Linear D->D, BatchNorm1d, activation) with LeakyReLU(0.2), LeakyReLU(0.2), Tanh; the ``[M, D]``
   output is tiled ``group`` times to ``[F, D]``. ``t`` is bounded in ``[-1, 1]`` and has only ``M``
@@ -31,6 +32,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ddcore.seeding import normal
+
 SamplerKind = Literal["mixture", "code"]
 
 
@@ -42,15 +45,14 @@ def gaussian_frequencies(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Default frequencies ``t ~ N(0, I_D)``.
+    """Default frequencies ``t ~ N(0, I_D)`` on ``device`` (default: the generator's device).
 
-    Drawn on ``generator``'s device, then moved to ``device`` (default: the generator's device).
+    Drawn by :func:`ddcore.seeding.normal`: on a GPU from a device generator seeded by one draw of ``generator``.
 
     Returns:
         ``[num_freqs, dim]`` of ``dtype``.
     """
-    t = torch.randn(num_freqs, dim, generator=generator, device=generator.device, dtype=dtype)
-    return t if device is None else t.to(device, non_blocking=True)
+    return normal((num_freqs, dim), generator=generator, device=device, dtype=dtype)
 
 
 class FrequencySampler(nn.Module):
@@ -103,10 +105,10 @@ class FrequencySampler(nn.Module):
         """Draw ``t``: ``[num_freqs, dim]`` float32 on the module's device, differentiable in psi."""
         m, d, dev = self.num_components, self.dim, self._device()
         if self.kind == "mixture":
-            z = torch.randn(m, self.group, d, generator=generator, device=generator.device).to(dev)
+            z = normal((m, self.group, d), generator=generator, device=dev)
             t = torch.exp(self.log_scales).unsqueeze(1) * z
             return t.reshape(m * self.group, d)[: self.num_freqs]
-        noise = torch.randn(m, d, generator=generator, device=generator.device).to(dev)
+        noise = normal((m, d), generator=generator, device=dev)
         return self.net(noise).repeat(self.group, 1)[: self.num_freqs]
 
 
