@@ -27,7 +27,7 @@ from ddcore.distill.init import initial_images
 from ddcore.distill.matching import MatchingStep
 from ddcore.distill.ncfm import NCFMStep
 from ddcore.nets.fast import fast_embed, prepare
-from ddcore.sampling import TensorSampler
+from ddcore.sampling import TensorSampler, on_device
 from ddcore.seeding import IterationRng, iteration_generator
 
 
@@ -185,6 +185,7 @@ def main() -> None:
     dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     sampler, data = real_sampler()
+    sampler = on_device(sampler, dev)  # on a GPU both steps gather real batches there, as the reference code does
     rows = []
     for method in args.methods.split(","):
         extra = ({"ncfm": {"num_freqs": args.num_freqs, "factor": 1}, "lr_img": 1e-3, "init": "real"}

@@ -1,8 +1,9 @@
 """Per-class access to real images, as the distillation methods need it.
 
 Methods never touch files: they take a :class:`RealSampler`. ``TensorSampler`` serves tensors
-already in memory (tests, small sets); ``ddcore.data.readers.ArtifactSampler`` serves a dataset
-artifact class by class without decoding the whole dataset.
+already in memory (tests, small sets); ``ddcore.data.loader.ArtifactSampler`` serves a dataset
+artifact class by class without decoding the whole dataset. :func:`on_device` gives a sampler whose draws are
+gathered in a GPU's memory.
 """
 
 from __future__ import annotations
@@ -63,9 +64,28 @@ class TensorSampler:
         return int(self._index[c].numel())
 
     def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[self._index[c][idx]]
+        rows = self._index[c][idx]  # on the host; a non-blocking copy where the images are on a device
+        return self.images[rows.to(self.images.device, non_blocking=True)]
+
+    def on(self, device: torch.device) -> TensorSampler:
+        """This sampler with its images on ``device`` (all of them, moved once): draws are gathered there."""
+        moved = TensorSampler(self.images.to(device), self.labels, self.num_classes, self.mean, self.std)
+        moved._index = self._index
+        return moved
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         size = self.class_size(c)
         perm = torch.randperm(size, generator=generator)[: min(n, size)]
         return self.get(c, perm)
+
+
+def on_device(sampler: RealSampler, device: torch.device | str) -> RealSampler:
+    """``sampler`` drawing onto ``device``: its ``on(device)`` where it has one, else itself; on the CPU, itself.
+
+    A distillation step on a GPU draws a real batch per class every iteration; gathered from device memory that
+    is an index copy and a device gather, instead of a host gather, a host normalisation and a pageable copy of
+    the whole batch (12.6 MB per class and iteration at 256 images of 3x128x128). The images drawn are the same.
+    """
+    dev = torch.device(device)
+    on = getattr(sampler, "on", None)
+    return sampler if dev.type == "cpu" or on is None else on(dev)

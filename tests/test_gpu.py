@@ -197,6 +197,22 @@ def test_frequencies_are_drawn_on_the_device_from_the_host_stream() -> None:
 
 
 @cuda_only
+def test_real_draws_are_gathered_in_device_memory(data: DatasetArtifact) -> None:
+    """The distillation loop's sampler on a GPU (on_device) caches classes in device memory and returns its draws
+    there, the same images as the host sampler's, with no synchronising call once the class is cached."""
+    from ddcore.data.loader import ArtifactSampler
+    from ddcore.sampling import on_device
+
+    host = ArtifactSampler(data, "train")
+    dev = on_device(host, DEVICE)
+    dev.sample(0, 8, torch.Generator().manual_seed(0))
+    with read_backs() as found:
+        got = dev.sample(0, 8, torch.Generator().manual_seed(1))
+    assert found == [] and got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), host.sample(0, 8, torch.Generator().manual_seed(1)), rtol=0, atol=1e-6)
+
+
+@cuda_only
 def test_an_evaluation_pass_reads_back_once() -> None:
     """A training pass of the evaluation network over 4 batches reads the device back once (its mean loss)."""
     from ddcore.evaluate.loss import Targets

@@ -1,5 +1,7 @@
 """The real-image cache of ArtifactSampler has a memory budget: classes are cached as first drawn until the next
-would exceed it, later classes are read per draw, and every draw returns the same pixels as with no cache."""
+would exceed it, later classes are read per draw, and every draw returns the same pixels as with no cache. The
+device form of a sampler (``on``, what the distillation loop uses on a GPU) draws the same pixels too; its device
+path is run here with the CPU as the device (tests/test_gpu.py runs it on CUDA)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from ddcore.data import ArtifactSampler, IngestConfig, ingest, open_artifact
+from ddcore.sampling import TensorSampler, on_device
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +42,44 @@ def test_the_distill_budget_is_no_part_of_the_config_identity() -> None:
 
     a, b = DistillConfig(method="dm"), DistillConfig(method="dm", real_cache_mb=10)
     assert b.real_cache_mb == 10 and a.digest() == b.digest()
+
+
+def test_the_device_form_draws_the_same_pixels_cached_or_not(art) -> None:
+    """ArtifactSampler.on(device) keeps its own cache (same budget, filled from empty, as tensors) and gathers and
+    normalises there; every draw, from cached and uncached classes, equals the host sampler's bit for bit, and
+    sample() draws the same rows for the same generator."""
+    per_class = 20 * 8 * 8
+    host = ArtifactSampler(art, cache_mb=2.5 * per_class / 2**20)
+    host.get(0, torch.tensor([0]))
+    dev = host.on(torch.device("cpu"))
+    assert dev.device == torch.device("cpu") and dev.cached_bytes == 0 and host.device is None
+    idx = torch.tensor([3, 0, 19, 7])
+    for c in (0, 1, 2, 2, 1):
+        got = dev.get(c, idx)
+        assert isinstance(got, torch.Tensor) and torch.equal(got, host.get(c, idx))
+    assert sorted(dev._cached) == [0, 1] and all(isinstance(v, torch.Tensor) for v in dev._cached.values())
+    for c in range(3):
+        a = host.sample(c, 5, torch.Generator().manual_seed(c))
+        assert torch.equal(dev.sample(c, 5, torch.Generator().manual_seed(c)), a)
+
+
+def test_a_tensor_sampler_on_a_device_draws_the_same_images() -> None:
+    """TensorSampler.on(device) moves its images once and gathers there: the same draws as on the host."""
+    g = torch.Generator().manual_seed(0)
+    s = TensorSampler(torch.randn(30, 1, 4, 4, generator=g), torch.arange(3).repeat(10), 3, (0.0,), (1.0,))
+    d = s.on(torch.device("cpu"))
+    for c in range(3):
+        draws = [x.sample(c, 4, torch.Generator().manual_seed(9)) for x in (d, s)]
+        assert torch.equal(*draws)
+
+
+def test_on_device_keeps_host_samplers_on_the_cpu(art) -> None:
+    """on_device leaves a sampler as it is on the CPU (the host path, numpy cache) and for samplers without on()."""
+    host = ArtifactSampler(art)
+    assert on_device(host, "cpu") is host
+
+    class Plain:
+        pass
+
+    plain = Plain()
+    assert on_device(plain, "cuda") is plain  # type: ignore[arg-type]

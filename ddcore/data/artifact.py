@@ -192,10 +192,22 @@ class DatasetArtifact:
 
 def normalize_uint8(arr: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 ``[n, H, W, C]`` -> float32 ``[n, C, H, W]`` with ``(x/255 - mean) / std``."""
-    x = torch.from_numpy(np.require(arr, requirements="W")).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    return normalize_pixels(torch.from_numpy(np.require(arr, requirements="W")), *channel_stats(mean, std))
+
+
+def channel_stats(mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...],
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 ``[1, C, 1, 1]`` tensors on ``device`` (the arguments of
+    :func:`normalize_pixels`)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
+    return m.to(device), s.to(device)
+
+
+def normalize_pixels(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[n, H, W, C]`` on any device -> float32 ``[n, C, H, W]`` there, ``(x/255 - mean) / std`` with
+    ``mean``/``std`` from :func:`channel_stats` on the same device."""
+    return (x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0) - mean) / std
 
 
 def open_artifact(uri: str | Path, *, verify: str = "quick") -> DatasetArtifact:

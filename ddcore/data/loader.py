@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from ddcore.data.artifact import DatasetArtifact, normalize_uint8
+from ddcore.data.artifact import DatasetArtifact, channel_stats, normalize_pixels, normalize_uint8
 from ddcore.data.codec import IMAGE_FIELDS, decode_sample
 from ddcore.data.sources.shards import check_url_allowed
 
@@ -35,6 +36,7 @@ class ArtifactSampler:
     iteration: an evicting cache smaller than the split would decode every class in full each time. The cache
     holds the decoded uint8 pixels (a quarter of float32: ImageNet's train split at 128 px is 63 GB so, 252 GB
     as float32) and a draw normalises only the drawn images. Cached or not, a draw returns the same pixels.
+    :meth:`on` gives the same sampler with its cache in a GPU's memory (the distillation loop uses it there).
 
     Args:
         artifact: an opened :class:`DatasetArtifact`.
@@ -66,8 +68,19 @@ class ArtifactSampler:
         self._npy = meta.storage == "npy"
         self._image_bytes = (4 if self._npy else 1) * int(np.prod(self.image_shape))
         self.cache = sum(len(r) for r in self._rows) * self._image_bytes <= self._budget  # the whole split fits
-        self._cached: dict[int, np.ndarray] = {}  # class -> read_arrays() of its rows (uint8 [n, H, W, C])
+        self._cached: dict[int, Any] = {}  # class -> its read_arrays() (uint8 [n, H, W, C]; a tensor on a device)
         self.cached_bytes = 0
+        self.device: torch.device | None = None  # where the cache lives and draws land (None: the host, as numpy)
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on(self, device: torch.device) -> ArtifactSampler:
+        """This sampler with its class cache in ``device``'s memory (within the same ``cache_mb`` budget, filled
+        from empty on first use): cached draws are gathered and normalised there, uncached ones read on the host
+        and copied. The pixels are the same as the host sampler's."""
+        moved = copy.copy(self)
+        moved.device, moved._cached, moved.cached_bytes = torch.device(device), {}, 0
+        moved._stats = channel_stats(self.mean, self.std, device)
+        return moved
 
     def class_size(self, c: int) -> int:
         return int(len(self._rows[c]))
@@ -82,16 +95,21 @@ class ArtifactSampler:
         need = len(self._rows[c]) * self._image_bytes
         if self.cached_bytes + need > self._budget:
             return None
-        self._cached[c] = self.artifact.read_arrays(self._rows[c])
+        arrays = self.artifact.read_arrays(self._rows[c])
+        self._cached[c] = arrays if self.device is None else torch.from_numpy(arrays).to(self.device)
         self.cached_bytes += need
         return self._cached[c]
 
     def get(self, c: int, idx: torch.Tensor) -> torch.Tensor:
-        """Images ``idx`` of class ``c``: float32 ``[len(idx), C, H, W]``, normalised."""
-        pos = idx.cpu().numpy()
+        """Images ``idx`` of class ``c``: float32 ``[len(idx), C, H, W]``, normalised (on :attr:`device` if set)."""
         whole = self._cached_class(c)
         if whole is None:
-            return self.artifact.read_tensor(self._rows[c][pos])
+            out = self.artifact.read_tensor(self._rows[c][idx.cpu().numpy()])
+            return out if self.device is None else out.to(self.device, non_blocking=True)
+        if self.device is not None:  # index copied without a wait, gathered and normalised on the device
+            sel = whole.index_select(0, idx.to(self.device, non_blocking=True))
+            return sel if self._npy else normalize_pixels(sel, *self._stats)  # type: ignore[misc]
+        pos = idx.cpu().numpy()
         if self._npy:
             return torch.from_numpy(whole[pos])
         return normalize_uint8(whole[pos], self.mean, self.std)

@@ -22,7 +22,7 @@ from ddcore.distill.matching import MatchingStep
 from ddcore.distill.ncfm import NCFMStep
 from ddcore.distill.pool import FeaturePool
 from ddcore.errors import DistillationError
-from ddcore.sampling import RealSampler
+from ddcore.sampling import RealSampler, on_device
 from ddcore.seeding import ITERATION_SCHEME, IterationRng
 from ddcore.synthetic import SyntheticSet
 
@@ -82,7 +82,7 @@ def distill(sampler: RealSampler, cfg: DistillConfig, *, device: str | torch.dev
     classes = distilled_classes(cfg, sampler.num_classes)
     labels = torch.tensor(classes, dtype=torch.int64).repeat_interleave(cfg.ipc)
     images = initial_images(sampler, ipc=cfg.ipc, init=cfg.init, seed=cfg.seed, classes=classes)
-    step = STEPS[cfg.method].build(sampler, cfg, dev, checkpoint_dir, pool)
+    step = STEPS[cfg.method].build(on_device(sampler, dev), cfg, dev, checkpoint_dir, pool)  # real draws on dev
     syn = step.initial(images).to(dev).requires_grad_(True)
     opt = step.optimizer(syn)
     start, history = 0, []
