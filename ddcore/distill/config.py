@@ -136,8 +136,9 @@ class DistillConfig(StageConfig, NamesNetwork, CpuThreads):
         hdd: HDD's options (``method: hdd``).
         ncfm: NCFM's options (``method: ncfm``).
         real_cache_mb: memory budget (MB of uint8 pixels) of the decoded real images the loop draws from
-            (:class:`~ddcore.data.loader.ArtifactSampler`): classes beyond it are read per draw. The same
-            images either way, so it is no part of the config's identity (stage key).
+            (:class:`~ddcore.data.loader.ArtifactSampler`): classes beyond it are read per draw. On a GPU the
+            cache is in device memory (``ArtifactSampler.on``). The same images either way, so it is no part of
+            the config's identity (stage key).
 
     For ``method: ncfm`` the keys ``lr_img``, ``batch_real`` and ``init`` default to NCFM's reference
     values (:data:`NCFM_DEFAULTS`), and an unset ``ncfm.factor`` is 2 with ``init: mix`` and 1
