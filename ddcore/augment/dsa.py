@@ -218,8 +218,7 @@ def apply_each(xs: list[torch.Tensor], params: list[DSAParams]) -> list[torch.Te
                 out[i] = apply(xs[i], params[i])
             continue
         sizes = [xs[i].shape[0] for i in idx]
-        ops = tuple(DSAOp(fam, {k: torch.cat([_rows(params[i].ops[j].values[k], n) for i, n in zip(idx, sizes,
-                                                                                                  strict=True)])
+        ops = tuple(DSAOp(fam, {k: _per_image([params[i].ops[j].values[k] for i in idx], sizes)
                                 for k in params[idx[0]].ops[j].values})
                     for j, fam in enumerate(fams))
         merged = DSAParams(ops, siamese=False, image_shape=params[idx[0]].image_shape, batch=sum(sizes))
@@ -228,9 +227,12 @@ def apply_each(xs: list[torch.Tensor], params: list[DSAParams]) -> list[torch.Te
     return out
 
 
-def _rows(v: torch.Tensor, n: int) -> torch.Tensor:
-    """A drawn value for ``n`` images: leading size 1 repeated, leading size ``n`` as it is."""
-    return v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v
+def _per_image(values: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+    """One value per image of the concatenated batches: each batch's value repeated over its ``sizes[i]`` images
+    where it has leading size 1 (Siamese), taken as it is where it has one per image."""
+    if all(v.shape[0] == 1 for v in values):  # Siamese draws: two host ops, however many batches
+        return torch.cat(values).repeat_interleave(torch.tensor(sizes), dim=0)
+    return torch.cat([v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for v, n in zip(values, sizes, strict=True)])
 
 
 def _check_batch(x: torch.Tensor, params: DSAParams) -> None:

@@ -46,21 +46,23 @@ def siamese_batches(sampler: RealSampler, classes: Sequence[int], syn: torch.Ten
     found there, and real batches and indices go to ``device`` as non-blocking copies, so on a GPU the only
     waits are the host's own (no read-back). Raises ValueError if a class has no real or no synthetic sample.
     """
-    reals, mines, drawn, real_n, syn_n = [], [], [], [], []
+    reals, drawn, real_n = [], [], []
     shape = tuple(syn.shape[1:])
-    host_labels = labels.cpu()
-    for c in classes:
+    wanted = torch.tensor(list(classes), dtype=torch.int64)
+    # (position in classes, row) of every synthetic row of the chunk, class by class, rows ascending: one host
+    # lookup and one device gather for all classes
+    hits = torch.nonzero(labels.cpu().unsqueeze(0) == wanted.unsqueeze(1))
+    syn_n = torch.bincount(hits[:, 0], minlength=len(wanted)).tolist()
+    mines = list(syn.index_select(0, hits[:, 1].to(syn.device, non_blocking=True)).split(syn_n))
+    for c, n_syn in zip(classes, syn_n, strict=True):
         generator = rng.for_class(c)
-        rows = torch.nonzero(host_labels == c).flatten()
         real = sampler.sample(c, batch_real, generator).to(device, non_blocking=True)
-        if real.shape[0] == 0 or rows.numel() == 0:
-            raise ValueError(f"class {c} has {real.shape[0]} real and {rows.numel()} synthetic samples in this "
+        if real.shape[0] == 0 or n_syn == 0:
+            raise ValueError(f"class {c} has {real.shape[0]} real and {n_syn} synthetic samples in this "
                              "batch; every distilled class needs both")
         drawn.append(draw(real.shape[0], shape, generator))
         reals.append(real)
-        mines.append(syn.index_select(0, rows.to(syn.device, non_blocking=True)))
         real_n.append(real.shape[0])
-        syn_n.append(rows.numel())
     # the real side apart from the synthetic one: only the latter carries a graph to keep until backward
     real_aug, syn_aug = apply_each(reals, drawn), apply_each(mines, drawn)
     local = torch.arange(len(real_n), dtype=torch.int64)
