@@ -17,6 +17,7 @@ from ddcore.distill.losses import dm_loss, hdd_loss, ncfm_loss
 from ddcore.distill.sampling_net import gaussian_frequencies
 from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
+from ddcore.seeding import draw_seed
 
 
 class ReferenceStyleStep:
@@ -33,7 +34,7 @@ class ReferenceStyleStep:
     def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                  generator: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
-        reinit_(self.net, int(torch.randint(2**62, (1,), generator=generator).item()))
+        reinit_(self.net, draw_seed(generator))
         shape = tuple(syn.shape[1:])
         if cfg.method == "ncfm":
             total = 0.0

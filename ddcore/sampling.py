@@ -8,6 +8,7 @@ gathered in a GPU's memory.
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 import torch
@@ -69,8 +70,8 @@ class TensorSampler:
 
     def on(self, device: torch.device) -> TensorSampler:
         """This sampler with its images on ``device`` (all of them, moved once): draws are gathered there."""
-        moved = TensorSampler(self.images.to(device), self.labels, self.num_classes, self.mean, self.std)
-        moved._index = self._index
+        moved = copy.copy(self)  # the class index stays shared (host side)
+        moved.images = self.images.to(device)
         return moved
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:

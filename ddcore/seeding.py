@@ -44,10 +44,14 @@ def iteration_generator(seed: int, iteration: int, role: str = "iter") -> torch.
     return torch.Generator().manual_seed(iteration_seed(seed, iteration, role))
 
 
+def draw_seed(generator: torch.Generator) -> int:
+    """A seed drawn from ``generator`` (one ``randint`` below 2^62; the stream advances by that draw)."""
+    return int(torch.randint(2**62, (1,), generator=generator).item())
+
+
 def device_generator(generator: torch.Generator, device: torch.device | str) -> torch.Generator:
-    """A generator on ``device`` seeded with one 63-bit draw of ``generator`` (which advances by that draw)."""
-    seed = int(torch.randint(2**62, (1,), generator=generator).item())
-    return torch.Generator(device=device).manual_seed(seed)
+    """A generator on ``device`` seeded with :func:`draw_seed` ``(generator)``."""
+    return torch.Generator(device=device).manual_seed(draw_seed(generator))
 
 
 def normal(shape: tuple[int, ...], *, generator: torch.Generator, device: torch.device | str | None = None,

@@ -22,7 +22,7 @@ from ddcore.distill.losses import dm_loss_batched, hdd_loss_batched
 from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
-from ddcore.seeding import IterationRng
+from ddcore.seeding import IterationRng, draw_seed
 
 FeatureLoss = Callable[..., torch.Tensor]
 
@@ -96,7 +96,7 @@ class MatchingStep:
     def __call__(self, syn: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                  rng: IterationRng) -> dict[str, float]:
         cfg = self.cfg
-        reinit_(self.net, int(torch.randint(2**62, (1,), generator=rng.shared).item()))
+        reinit_(self.net, draw_seed(rng.shared))
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for chunk in class_chunks(distilled_classes(cfg, self.sampler.num_classes), cfg.class_chunk):

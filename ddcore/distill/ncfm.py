@@ -36,7 +36,7 @@ from ddcore.distill.sampling_net import FrequencySampler, build_psi_optimizer, g
 from ddcore.nets.fast import fast_embed, prepare
 from ddcore.nets.registry import reinit_
 from ddcore.sampling import RealSampler
-from ddcore.seeding import IterationRng
+from ddcore.seeding import IterationRng, draw_seed
 
 
 class NCFMStep:
@@ -176,7 +176,7 @@ class NCFMStep:
     def _pick_net(self, generator: torch.Generator) -> torch.nn.Module | None:
         """Re-initialise or blend the feature net for this iteration; returns the pool's final model."""
         if self.pool is None or len(self.pool) == 0:
-            reinit_(self.net, int(torch.randint(2**62, (1,), generator=generator).item()))
+            reinit_(self.net, draw_seed(generator))
             return None
         m = int(torch.randint(len(self.pool), (1,), generator=generator).item())
         lam = float(torch.rand(1, generator=generator).item())
