@@ -68,10 +68,10 @@ class ArtifactSampler:
         self._npy = meta.storage == "npy"
         self._image_bytes = (4 if self._npy else 1) * int(np.prod(self.image_shape))
         self.cache = sum(len(r) for r in self._rows) * self._image_bytes <= self._budget  # the whole split fits
-        self._cached: dict[int, Any] = {}  # class -> its read_arrays() (uint8 [n, H, W, C]; a tensor on a device)
+        self._cached: dict[int, torch.Tensor] = {}  # class -> its read_arrays() as a tensor (uint8 [n, H, W, C])
         self.cached_bytes = 0
-        self.device: torch.device | None = None  # where the cache lives and draws land (None: the host, as numpy)
-        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.device: torch.device | None = None  # where the cache lives and draws land (None: the host)
+        self._stats = channel_stats(self.mean, self.std)
 
     def on(self, device: torch.device) -> ArtifactSampler:
         """This sampler with its class cache in ``device``'s memory (within the same ``cache_mb`` budget, filled
@@ -95,8 +95,8 @@ class ArtifactSampler:
         need = len(self._rows[c]) * self._image_bytes
         if self.cached_bytes + need > self._budget:
             return None
-        arrays = self.artifact.read_arrays(self._rows[c])
-        self._cached[c] = arrays if self.device is None else torch.from_numpy(arrays).to(self.device)
+        arrays = torch.from_numpy(np.require(self.artifact.read_arrays(self._rows[c]), requirements="W"))
+        self._cached[c] = arrays if self.device is None else arrays.to(self.device)
         self.cached_bytes += need
         return self._cached[c]
 
@@ -106,13 +106,9 @@ class ArtifactSampler:
         if whole is None:
             out = self.artifact.read_tensor(self._rows[c][idx.cpu().numpy()])
             return out if self.device is None else out.to(self.device, non_blocking=True)
-        if self.device is not None:  # index copied without a wait, gathered and normalised on the device
-            sel = whole.index_select(0, idx.to(self.device, non_blocking=True))
-            return sel if self._npy else normalize_pixels(sel, *self._stats)  # type: ignore[misc]
-        pos = idx.cpu().numpy()
-        if self._npy:
-            return torch.from_numpy(whole[pos])
-        return normalize_uint8(whole[pos], self.mean, self.std)
+        # on a device: the index copied without a wait, gathered and normalised there
+        sel = whole.index_select(0, idx.to(whole.device, non_blocking=True))
+        return sel if self._npy else normalize_pixels(sel, *self._stats)
 
     def sample(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         size = self.class_size(c)
